@@ -1,0 +1,39 @@
+# pixelplay: every command sets itself up (creates .venv and installs on first use).
+# Start here:  make demo   |   make test
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.installed-stamp
+DEMO   ?= demo-data
+DEMO_OUT ?= runs/demo
+
+.PHONY: help venv demo test lint bench sync clean
+help:
+	@grep -hE '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | sort
+
+$(STAMP): pyproject.toml requirements-local.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-local.txt
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(STAMP) ## create .venv and install the project (pinned torch)
+
+demo: $(STAMP) ## generate demo data, train on CPU, predict, score against the answer key
+	$(PY) -m pixelplay_lib demo-data --out $(DEMO)
+	$(PY) -m pixelplay_lib train --preset demo --data-root $(DEMO) --output-dir $(DEMO_OUT)
+	$(PY) -m pixelplay_lib predict --data-root $(DEMO) --output-dir $(DEMO_OUT)
+	$(PY) -m pixelplay_lib score --submission $(DEMO_OUT)/submission.csv --answers $(DEMO)/answer_key.csv --data-root $(DEMO)
+
+test: $(STAMP) ## the whole test suite, CPU only, no network
+	$(PY) -m pytest -q
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check pixelplay_lib tests bench notebooks/*.py
+
+clean: ## remove generated data and runs (keeps .venv)
+	rm -rf $(DEMO) runs build dist
+
+-include kaggle.mk

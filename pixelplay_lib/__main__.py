@@ -1,0 +1,92 @@
+"""Command line: `python -m pixelplay_lib {train,predict,score,demo-data} --flags`.
+
+The flags of train and predict are the fields of Config (`data_root` -> `--data-root`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from .config import PRESETS, Config, make_config
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(Config)
+    for f in fields(Config):
+        kind = hints[f.name]
+        convert = {int: int, float: float, bool: parse_bool}.get(kind, str)
+        default = f.default if f.default is not MISSING else None
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        # SUPPRESS: only flags given on the command line override presets / saved configs.
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=convert,
+                            default=argparse.SUPPRESS, help=f"(default: {shown})")
+    parser.add_argument("--preset", default="", choices=list(PRESETS),
+                        help="start from a named set of defaults (demo: small CPU recipe)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pixelplay_lib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("train", "train (or resume) a model into --output-dir"),
+                       ("predict", "vote on the test images; writes submission.csv")):
+        add_config_flags(sub.add_parser(name, help=text))
+    score = sub.add_parser("score", help="accuracy of a submission against an answer key")
+    score.add_argument("--submission", required=True)
+    score.add_argument("--answers", required=True)
+    score.add_argument("--data-root", default="", help="to split seen / unseen classes")
+    score.add_argument("--input-root", default="/kaggle/input")
+    demo = sub.add_parser("demo-data", help="write the generated demo dataset")
+    demo.add_argument("--out", default="demo-data")
+    demo.add_argument("--train-per-class", type=int, default=24)
+    demo.add_argument("--n-test", type=int, default=300)
+    demo.add_argument("--seed", type=int, default=0)
+    args = vars(parser.parse_args(argv))
+    command = args.pop("command")
+
+    from .data import DataError
+    from .model import WeightsUnavailable
+    from .train import ConfigMismatch
+
+    try:
+        if command == "train":
+            from .train import train
+
+            summary = train(make_config(**args))
+            return 0 if summary["status"] in ("done", "stopped") else 1
+        if command == "predict":
+            from .predict import predict
+
+            predict(make_config(**args))
+            return 0
+        if command == "score":
+            from .score import score_submission
+
+            print(json.dumps(score_submission(**args), indent=2))
+            return 0
+        from .demo import write_demo_dataset
+
+        root = write_demo_dataset(Path(args["out"]), train_per_class=args["train_per_class"],
+                                  n_test=args["n_test"], seed=args["seed"])
+        print(f"demo data written: {root} (answer key: {Path(args['out']) / 'answer_key.csv'})")
+        return 0
+    except (DataError, WeightsUnavailable, ConfigMismatch, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Atomic files and resumable checkpoints.
+
+Every file that matters is written to a temporary name in the same folder, flushed,
+fsynced and renamed over the target: a crash at any instant leaves either the old file or
+the new one, never half of one. Checkpoints are named by progress
+(`ckpt-e<epochs done>-s<steps into the next epoch>.pt`); the two newest are kept, so a
+checkpoint that is unreadable anyway (a truncated upload, a full disk) falls back to the
+previous one. They load with weights_only=True: a checkpoint from an attached dataset
+cannot run code.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("pixelplay")
+
+CKPT_RE = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
+KEEP = 2
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def checkpoint_name(epoch: int, step: int) -> str:
+    return f"ckpt-e{epoch:04d}-s{step:07d}.pt"
+
+
+def save_checkpoint(folder: str | Path, payload: dict[str, Any], epoch: int, step: int) -> Path:
+    """Write a new checkpoint, then drop all but the KEEP newest."""
+    folder = Path(folder)
+    path = folder / checkpoint_name(epoch, step)
+    atomic_torch_save(payload, path)
+    for old in list_checkpoints([folder])[KEEP:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def progress_of(path: Path) -> tuple[int, int]:
+    m = CKPT_RE.match(path.name)
+    return (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
+
+
+def list_checkpoints(folders: Iterable[str | Path]) -> list[Path]:
+    """Checkpoint files in `folders` (searched recursively), newest progress first."""
+    found = []
+    for folder in folders:
+        folder = Path(folder)
+        if folder.is_dir():
+            found += [p for p in folder.rglob("ckpt-e*-s*.pt") if CKPT_RE.match(p.name)]
+    return sorted(found, key=lambda p: (progress_of(p), str(p)), reverse=True)
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_newest(folders: Iterable[str | Path]) -> tuple[dict[str, Any], Path] | None:
+    """The newest checkpoint that loads; unreadable ones are skipped with a warning."""
+    for path in list_checkpoints(folders):
+        try:
+            return load_file(path), path
+        except Exception as e:
+            log.warning("skipping unreadable checkpoint %s (%s: %s)", path, type(e).__name__, e)
+    return None
+
+
+def rng_states() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    np_state = np.random.get_state()
+    return {
+        "python": list(random.getstate()[1]),
+        "python_gauss": random.getstate()[2],
+        "numpy": torch.from_numpy(np_state[1].astype("int64")),
+        "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_states(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate((3, tuple(int(v) for v in state["python"]), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype("uint32"),
+                         state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

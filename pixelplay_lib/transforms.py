@@ -1,0 +1,103 @@
+"""The baseline's augmentation, with its randomness made explicit.
+
+Baseline: RandomResizedCrop(300, scale=(0.7, 1)), RandomHorizontalFlip, RandomRotation(30),
+ToTensor, ImageNet Normalize. torchvision draws those parameters from the global RNG, so the
+result depends on which worker ran which sample. Here the parameters are drawn from a
+generator seeded by (seed, epoch, sample, vote): the same sample gets the same crop whatever
+the worker, the order or a resume in between. The draw follows torchvision's own algorithm,
+so the distribution is the baseline's.
+
+Images travel as uint8 (4x less to copy and pin than float) and are normalised on the device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+    angle: float
+
+
+def sample_rng(seed: int, epoch: int, index: int, vote: int = 0) -> np.random.Generator:
+    """Independent stream per (seed, epoch, sample, vote); votes use epoch = -1."""
+    return np.random.default_rng([seed & 0xFFFFFFFF, epoch + 1, index, vote])
+
+
+def sample_params(rng: np.random.Generator, height: int, width: int, scale_min: float,
+                  rotation: float) -> AugmentParams:
+    """torchvision's RandomResizedCrop.get_params (ratio 3/4..4/3), flip and rotation."""
+    area = height * width
+    log_lo, log_hi = math.log(3 / 4), math.log(4 / 3)
+    box = None
+    for _ in range(10):
+        target = area * rng.uniform(scale_min, 1.0)
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            box = (int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w)
+            break
+    if box is None:  # torchvision's fallback: the central crop at a clamped ratio
+        ratio = width / height
+        if ratio < 3 / 4:
+            w, h = width, int(round(width / (3 / 4)))
+        elif ratio > 4 / 3:
+            h, w = height, int(round(height * (4 / 3)))
+        else:
+            w, h = width, height
+        h, w = min(h, height), min(w, width)
+        box = ((height - h) // 2, (width - w) // 2, h, w)
+    flip = bool(rng.random() < 0.5)
+    angle = float(rng.uniform(-rotation, rotation)) if rotation else 0.0
+    return AugmentParams(*box, flip=flip, angle=angle)
+
+
+def augment(img: torch.Tensor, p: AugmentParams, size: int) -> torch.Tensor:
+    """uint8 CxHxW -> uint8 Cx size x size: crop+resize, flip, rotate (nearest, black fill)."""
+    x = TF.resized_crop(img, p.top, p.left, p.height, p.width, [size, size], antialias=True)
+    if p.flip:
+        x = TF.hflip(x)
+    if p.angle:
+        x = TF.rotate(x, p.angle)
+    return x
+
+
+def center_view(img: torch.Tensor, size: int) -> torch.Tensor:
+    """The deterministic view used for validation and features: short side, central square."""
+    return TF.center_crop(TF.resize(img, [size], antialias=True), [size, size])
+
+
+def reference_augment(img: Image.Image, p: AugmentParams, size: int) -> torch.Tensor:
+    """The baseline's path: the same parameters applied with PIL ops, then ToTensor+Normalize.
+
+    Kept as the reference the fast path is tested and benchmarked against.
+    """
+    x = TF.resized_crop(img, p.top, p.left, p.height, p.width, [size, size])
+    if p.flip:
+        x = TF.hflip(x)
+    if p.angle:
+        x = TF.rotate(x, p.angle)
+    return TF.normalize(TF.to_tensor(x), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def normalize(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 NxCxHxW (on any device) -> float, ImageNet-normalised."""
+    mean = torch.tensor(IMAGENET_MEAN, device=batch.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=batch.device).view(1, 3, 1, 1) * 255
+    return (batch.float() - mean) / std
