@@ -30,6 +30,21 @@ demo: $(STAMP) ## generate demo data, train on CPU, predict, score against the a
 test: $(STAMP) ## the whole test suite, CPU only, no network
 	$(PY) -m pytest -q
 
+sync: $(STAMP) ## sync every notebooks/*.py <-> .ipynb pair (jupytext.toml declares the pairing)
+	$(BIN)/jupytext --sync notebooks/*.py
+
+# The pair is synced first (an edited .py is what runs); relative paths in P are relative
+# to notebooks/ (papermill runs the kernel there); the executed copy lands in runs/notebooks/.
+run-%: $(STAMP) ## run a notebook locally with papermill, e.g. make run-train P='-p epochs 1'
+	@test -f notebooks/$*.py || { echo "no notebook notebooks/$*.py"; exit 2; }
+	$(BIN)/jupytext --sync notebooks/$*.py
+	@mkdir -p runs/notebooks
+	$(BIN)/papermill notebooks/$*.ipynb runs/notebooks/$*.ipynb -k python3 --cwd notebooks \
+		--log-output $(P)
+
+bench: $(STAMP) ## speed benchmark, baseline vs project, side by side (table + JSON)
+	$(PY) bench/bench.py $(BENCH_ARGS)
+
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check pixelplay_lib tests bench notebooks/*.py
 

@@ -12,23 +12,13 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .config import PRESETS, Config, make_config
-
-
-def parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+from .config import PRESETS, Config, make_config, parse_bool
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(Config)
     for f in fields(Config):
-        kind = hints[f.name]
-        convert = {int: int, float: float, bool: parse_bool}.get(kind, str)
+        convert = {int: int, float: float, bool: parse_bool}.get(hints[f.name], str)
         default = f.default if f.default is not MISSING else None
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         # SUPPRESS: only flags given on the command line override presets / saved configs.
@@ -54,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--train-per-class", type=int, default=24)
     demo.add_argument("--n-test", type=int, default=300)
     demo.add_argument("--seed", type=int, default=0)
+    argv = sys.argv[1:] if argv is None else argv
     args = vars(parser.parse_args(argv))
     command = args.pop("command")
 
@@ -62,15 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     from .train import ConfigMismatch
 
     try:
-        if command == "train":
-            from .train import train
+        if command in ("train", "predict"):
+            from . import distributed
 
-            summary = train(make_config(**args))
-            return 0 if summary["status"] in ("done", "stopped") else 1
-        if command == "predict":
-            from .predict import predict
+            cfg = make_config(**args)
+            world = distributed.world_size_for(cfg.devices)
+            if world > 1 and not distributed.in_launched_process():
+                return distributed.relaunch_with_torchrun(world, argv)
+            if command == "train":
+                from .train import train
 
-            predict(make_config(**args))
+                train(cfg)
+            else:
+                from .predict import predict
+
+                predict(cfg)
             return 0
         if command == "score":
             from .score import score_submission

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ class Config:
     crop_scale_min: float = 0.7
     rotation: float = 30.0
     cache: bool = True  # decode every image once into a resized uint8 cache
+    fast_augment: bool = True  # uint8 resize + one-gather flip/rotate (False: torchvision ops)
     # -- optimisation (baseline: SGD 0.001, MultiStepLR [16, 21] x0.9, 25 epochs of 16)
     batch_size: int = 16  # per device; the global batch is batch_size x devices
     val_fraction: float = 0.15
@@ -56,10 +58,11 @@ class Config:
     zero_shot: str = "auto"  # auto (on when classes.txt lists classes with no train folder)
     zs_gamma: str = "auto"  # calibrated-stacking offset: auto (tuned by protocol) or a number
     zs_folds: int = 4  # leave-classes-out folds used to tune the zero-shot step
+    attr_loss: float = 1.0  # weight of the auxiliary attribute loss when zero-shot is on
     model_path: str = ""  # model to predict with; "" = output_dir/model.pt
 
     def __post_init__(self) -> None:
-        self.milestones = parse_int_tuple(self.milestones)
+        coerce_types(self)
         problems = []
         if self.image_size < 16:
             problems.append(f"image_size={self.image_size} (need >= 16)")
@@ -99,7 +102,7 @@ class Config:
 # either: MultiStepLR does not depend on it, so a finished run can be extended.
 RESULT_FIELDS = ("arch", "weights", "trainable", "image_size", "crop_scale_min", "rotation",
                  "batch_size", "val_fraction", "lr", "momentum", "weight_decay", "milestones",
-                 "lr_gamma", "seed", "cache")
+                 "lr_gamma", "seed", "cache", "fast_augment", "zero_shot", "attr_loss")
 
 # `--preset demo`: a small CPU-friendly recipe for the generated demo data (no pretrained
 # weights exist for it, so the whole network trains, with momentum and a faster schedule).
@@ -112,9 +115,37 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def parse_int_tuple(value: Any) -> tuple[int, ...]:
+    if isinstance(value, int | float):
+        return (int(value),)
     if isinstance(value, str):
         value = [v for v in value.replace(" ", ",").split(",") if v]
     return tuple(int(v) for v in value)
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(f"expected true/false, got {value!r}")
+        return text in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def coerce_types(cfg: Config) -> None:
+    """Give every field its declared type. papermill's `-p` and JSON guess types
+    (`-p devices 1` is an int, `-p milestones 16` an int, `-p cache false` a string)."""
+    hints = typing.get_type_hints(Config)
+    for f in fields(cfg):
+        value, kind = getattr(cfg, f.name), hints[f.name]
+        if kind is bool:
+            value = parse_bool(value)
+        elif kind in (int, float, str):
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"{f.name}={value} is not an integer")
+            value = kind(value)
+        else:
+            value = parse_int_tuple(value)
+        setattr(cfg, f.name, value)
 
 
 def make_config(preset: str = "", **overrides: Any) -> Config:

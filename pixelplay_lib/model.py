@@ -26,9 +26,13 @@ class WeightsUnavailable(RuntimeError):
 
 
 class Net(nn.Module):
-    def __init__(self, body: nn.Module, head: nn.Linear):
+    """body -> pooled features -> head (class logits); optionally -> attr_head (attribute
+    logits, an auxiliary target that keeps the features describing colours, patterns and
+    shapes, which the unseen classes share with the seen ones)."""
+
+    def __init__(self, body: nn.Module, head: nn.Linear, attr_head: nn.Linear | None = None):
         super().__init__()
-        self.body, self.head = body, head
+        self.body, self.head, self.attr_head = body, head, attr_head
         self._stem: list[str] = []  # leading children of a sequential body that never train
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,12 +46,17 @@ class Net(nn.Module):
                 x = child(x)
         return torch.flatten(x, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    def forward(self, x: torch.Tensor, extras: bool = False):
+        """Logits; with extras, (logits, features, attribute logits or None). One method, so
+        that DistributedDataParallel sees every trainable parameter used in its forward."""
+        f = self.features(x)
+        if not extras:
+            return self.head(f)
+        return self.head(f), f, self.attr_head(f) if self.attr_head is not None else None
 
     def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.features(x)
-        return self.head(f), f
+        logits, f, _ = self(x, extras=True)
+        return logits, f
 
     def train(self, mode: bool = True) -> Net:
         super().train(mode)
@@ -59,7 +68,7 @@ class Net(nn.Module):
 
 
 def build_model(arch: str, num_classes: int, weights: str = "none", trainable: str = "all",
-                input_root: str = "/kaggle/input") -> Net:
+                input_root: str = "/kaggle/input", n_attributes: int = 0) -> Net:
     try:
         tv = torchvision.models.get_model(arch, weights=None)
     except ValueError as e:
@@ -69,7 +78,8 @@ def build_model(arch: str, num_classes: int, weights: str = "none", trainable: s
     if weights != "none":
         tv.load_state_dict(load_weights(arch, weights, input_root))
     body, in_features = split_head(tv)
-    net = Net(body, nn.Linear(in_features, num_classes))
+    attr_head = nn.Linear(in_features, n_attributes) if n_attributes else None
+    net = Net(body, nn.Linear(in_features, num_classes), attr_head)
     set_trainable(net, trainable)
     return net
 
@@ -100,7 +110,8 @@ def set_trainable(net: Net, spec: str) -> None:
         hit = [b for b in blocks if name == b or name.startswith(b + ".")]
         matched.update(hit)
         p.requires_grad_(everything or bool(hit))
-    for p in net.head.parameters():
+    heads = [net.head] + ([net.attr_head] if net.attr_head is not None else [])
+    for p in (p for h in heads for p in h.parameters()):
         p.requires_grad_(head)
     unknown = [b for b in blocks if b not in matched]
     if unknown:

@@ -186,15 +186,16 @@ class Views(Dataset):
     mode "eval": the central view.
     mode "votes": the central view followed by `votes` augmented views (the test-time votes).
     An unreadable image gives views=None (training skips it) or, with keep_failed, black
-    views so that a test image still gets its row.
+    views so that a test image still gets its row. fast_augment: the uint8 resize + one-gather
+    flip/rotate of transforms.augment (False: the torchvision tensor ops).
     """
 
     def __init__(self, images: FileImages | DecodedCache, labels: Sequence[int], size: int,
                  mode: str, seed: int, scale_min: float = 0.7, rotation: float = 30.0,
-                 votes: int = 0, keep_failed: bool = False):
+                 votes: int = 0, keep_failed: bool = False, fast_augment: bool = True):
         self.images, self.labels, self.size, self.mode = images, list(labels), size, mode
         self.seed, self.scale_min, self.rotation = seed, scale_min, rotation
-        self.votes, self.keep_failed = votes, keep_failed
+        self.votes, self.keep_failed, self.fast = votes, keep_failed, fast_augment
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -212,16 +213,16 @@ class Views(Dataset):
         if self.mode == "train":
             views = self._augmented(img, i, epoch, 0)
         elif self.mode == "eval":
-            views = center_view(img, self.size)
+            views = center_view(img, self.size, self.fast)
         else:
-            views = torch.stack([center_view(img, self.size)]
+            views = torch.stack([center_view(img, self.size, self.fast)]
                                 + [self._augmented(img, i, -1, v) for v in range(self.votes)])
         return views, self.labels[i], i, error
 
     def _augmented(self, img: torch.Tensor, i: int, epoch: int, vote: int) -> torch.Tensor:
         rng = sample_rng(self.seed, epoch, i, vote)
         p = sample_params(rng, img.shape[1], img.shape[2], self.scale_min, self.rotation)
-        return augment(img, p, self.size)
+        return augment(img, p, self.size, self.fast)
 
 
 def collate(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:

@@ -19,21 +19,16 @@ import pandas as pd
 import torch
 
 from . import checkpoint as ckpt
+from . import distributed
 from .config import Config, config_from_saved
 from .data import DataError, load_challenge
 from .model import build_model
 from .pipeline import EpochBatches, Views, make_loader, open_images, resolve_workers
-from .runtime import make_runtime, setup_logging
+from .runtime import Runtime, make_runtime, setup_logging
 from .train import cache_root, run_views
 from .zeroshot import ZeroShotHead
 
 log = logging.getLogger("pixelplay")
-
-# Fields a predict call may change; everything else comes from the trained model.
-PREDICT_FIELDS = ("data_root", "output_dir", "input_root", "cache_dir", "cache", "batch_size",
-                  "num_workers", "amp", "channels_last", "devices", "tta_votes", "vote",
-                  "zero_shot", "zs_gamma", "model_path", "seed")
-
 
 def vote(logits: np.ndarray, mode: str, allowed: list[int]) -> np.ndarray:
     """logits: images x votes x classes -> class index per image, among `allowed` classes."""
@@ -55,20 +50,30 @@ def load_model(path: Path) -> tuple[Any, dict[str, Any]]:
         raise FileNotFoundError(f"no trained model at {path} (train first, or pass model_path)")
     saved = ckpt.load_file(path)
     cfg = config_from_saved(saved["config"])
-    net = build_model(cfg.arch, len(saved["classes"]), "none", cfg.trainable)
+    net = build_model(cfg.arch, len(saved["classes"]), "none", cfg.trainable,
+                      n_attributes=saved.get("n_attributes", 0))
     net.load_state_dict(saved["state_dict"])
     return net, saved
 
 
-def predict(cfg: Config) -> pd.DataFrame:
-    """Predict every test image, write output_dir/submission.csv, return the frame."""
+def predict(cfg: Config) -> pd.DataFrame | None:
+    """Predict every test image, write output_dir/submission.csv, return the frame.
+
+    Launched on several processes (torchrun), each votes on a shard of the test images and
+    rank 0 gathers them into the one submission (the other ranks return None).
+    """
     setup_logging()
+    rank, world, local_rank = distributed.setup(cfg)
+    try:
+        return _predict(cfg, make_runtime(cfg, rank, world, local_rank))
+    finally:
+        distributed.teardown()
+
+
+def _predict(cfg: Config, rt: Runtime) -> pd.DataFrame | None:
     out = Path(cfg.output_dir)
     net, saved = load_model(Path(cfg.model_path or out / "model.pt"))
     trained = config_from_saved(saved["config"])
-    run_cfg = config_from_saved(trained.to_dict(),
-                                **{k: getattr(cfg, k) for k in PREDICT_FIELDS})
-    rt = make_runtime(run_cfg)
     net.to(rt.device).eval()
     if rt.channels_last:
         net.to(memory_format=torch.channels_last)
@@ -79,18 +84,29 @@ def predict(cfg: Config) -> pd.DataFrame:
                         "trained on")
     files = ch.test_files()
     workers = resolve_workers(cfg.num_workers)
+    if not rt.is_main:  # rank 0 decodes the cache, the others then open it
+        distributed.barrier()
     images = open_images(files, trained.image_size, cfg.cache, cache_root(cfg), workers,
                          "decoding test images")
+    if rt.is_main:
+        distributed.barrier()
     views = Views(images, [0] * len(files), trained.image_size, "votes", cfg.seed,
                   trained.crop_scale_min, trained.rotation, votes=cfg.tta_votes,
-                  keep_failed=True)
+                  keep_failed=True, fast_augment=trained.fast_augment)
     batch = max(1, cfg.batch_size * 4 // (cfg.tta_votes + 1))  # images per pass, all views
-    loader = make_loader(views, EpochBatches(range(len(files)), batch, cfg.seed), workers,
+    shard = range(rt.rank, len(files), rt.world)
+    loader = make_loader(views, EpochBatches(shard, batch, cfg.seed), workers,
                          rt.device.type == "cuda")
-    result = run_views(net, loader, rt)
-    order = np.argsort(result["index"])
-    logits, feats = result["logits"][order], result["features"][order]
-    failed = {int(i): e for i, e in result["failed"]}
+    parts = distributed.gather_objects(run_views(net, loader, rt))
+    if not rt.is_main:
+        return None
+    index = np.concatenate([p["index"] for p in parts])
+    order = np.argsort(index)
+    if not np.array_equal(index[order], np.arange(len(files))):
+        raise RuntimeError("the gathered predictions do not cover every test image once")
+    logits = np.concatenate([p["logits"] for p in parts])[order]
+    feats = np.concatenate([p["features"] for p in parts])[order]
+    failed = {int(i): e for p in parts for i, e in p["failed"]}
     for i, err in failed.items():
         log.warning("test image %s could not be decoded (%s): predicted from a blank image",
                     files[i].name, err)

@@ -49,6 +49,8 @@ class Runtime:
 
 
 def make_runtime(cfg: Config, rank: int = 0, world: int = 1, local_rank: int = 0) -> Runtime:
+    if rank:  # one voice: the other processes only speak up with warnings
+        log.setLevel(logging.WARNING)
     use_cuda = torch.cuda.is_available() and cfg.devices != "cpu"
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     amp_dtype = None

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import distributed
 from .config import Config, fingerprint
 from .data import Challenge, load_challenge, load_class_attributes, split_train_val
 from .model import Net, build_model
@@ -143,29 +144,58 @@ def train(cfg: Config) -> dict[str, Any]:
     """Train (or resume) into cfg.output_dir; returns the run summary."""
     setup_logging()
     started = time.monotonic()
+    rank, world, local_rank = distributed.setup(cfg)
+    try:
+        return _train(cfg, make_runtime(cfg, rank, world, local_rank), started)
+    finally:
+        distributed.teardown()
+
+
+def _train(cfg: Config, rt: Runtime, started: float) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rt = make_runtime(cfg)
     ch = load_challenge(cfg.data_root, cfg.input_root)
-    cfg.write_json(out / "config.json")
+    if rt.is_main:
+        cfg.write_json(out / "config.json")
+    if cfg.batch_size % rt.world:
+        raise ValueError(f"batch_size={cfg.batch_size} (the global batch) must divide into "
+                         f"{rt.world} devices")
     workers = resolve_workers(cfg.num_workers)
 
     train_idx, val_idx = split_train_val(ch.train_samples, cfg.val_fraction, cfg.seed)
-    images = open_images([p for p, _ in ch.train_samples], cfg.image_size, cfg.cache,
-                         cache_root(cfg), workers, "decoding train images")
+    paths = [p for p, _ in ch.train_samples]
+    if not rt.is_main:  # rank 0 decodes the cache, the others then open it
+        distributed.barrier()
+    images = open_images(paths, cfg.image_size, cfg.cache, cache_root(cfg), workers,
+                         "decoding train images")
+    if rt.is_main:
+        distributed.barrier()
     skipped = dict(images.errors)  # unreadable files found while building the cache
     train_idx = [i for i in train_idx if i not in skipped]
     val_idx = [i for i in val_idx if i not in skipped]
     labels = [label for _, label in ch.train_samples]
     log.info("challenge %s: %d classes (%d seen, %d unseen), %d train + %d validation images, "
-             "%d unreadable", ch.root, len(ch.classes), len(ch.seen), len(ch.unseen),
-             len(train_idx), len(val_idx), len(skipped))
+             "%d unreadable%s", ch.root, len(ch.classes), len(ch.seen), len(ch.unseen),
+             len(train_idx), len(val_idx), len(skipped),
+             f"; {rt.world} processes, {cfg.batch_size // rt.world} images each per step"
+             if rt.world > 1 else "")
+
+    zs_wanted = cfg.zero_shot == "on" or (cfg.zero_shot == "auto" and bool(ch.unseen))
+    attributes = attr_targets = None
+    if zs_wanted:  # read first: a missing or wrong attribute file fails before training
+        attributes, attr_source = load_class_attributes(ch.root, ch.classes)
+        if cfg.attr_loss > 0:
+            attr_targets = attribute_targets(attributes).to(rt.device)
+    n_attributes = 0 if attr_targets is None else attr_targets.shape[1]
 
     torch.manual_seed(cfg.seed)  # random-init weights (weights=none) are part of the config
-    net = build_model(cfg.arch, len(ch.classes), cfg.weights, cfg.trainable, cfg.input_root)
+    net = build_model(cfg.arch, len(ch.classes), cfg.weights, cfg.trainable, cfg.input_root,
+                      n_attributes)
     net.to(rt.device)
     if rt.channels_last:
         net.to(memory_format=torch.channels_last)
+    model = distributed.wrap(net, rt.device, rt.world)
+    net = model.module if model is not net else net  # (SyncBatchNorm may have replaced layers)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
@@ -187,9 +217,17 @@ def train(cfg: Config) -> dict[str, Any]:
         scaler.load_state_dict(saved["scaler"])
         ckpt.restore_rng_states(saved["rng"])
         state = saved["state"]
+        if not rt.is_main:  # the saved sums are global: one rank carries them on
+            state.update(loss_sum=0.0, count=0)
         log.info("resumed from %s (epoch %d, step %d)", path, state["epoch"], state["step"])
 
-    def save(reason: str) -> Path:
+    def save(reason: str) -> Path | None:
+        """All ranks call it (the loss sums are gathered); rank 0 writes."""
+        total = distributed.sum_across([state["loss_sum"], state["count"]], rt.device)
+        if not rt.is_main:
+            state.update(loss_sum=0.0, count=0)
+            return None
+        state.update(loss_sum=total[0], count=int(total[1]))
         payload = {"fingerprint": fingerprint(cfg), "data": data_id, "model": model_state(net),
                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                    "scaler": scaler.state_dict(), "rng": ckpt.rng_states(), "state": state,
@@ -197,10 +235,11 @@ def train(cfg: Config) -> dict[str, Any]:
         return ckpt.save_checkpoint(out, payload, state["epoch"], state["step"])
 
     train_views = Views(images, labels, cfg.image_size, "train", cfg.seed, cfg.crop_scale_min,
-                        cfg.rotation)
+                        cfg.rotation, fast_augment=cfg.fast_augment)
     sampler = EpochBatches(train_idx, cfg.batch_size, cfg.seed, rt.rank, rt.world)
     train_loader = make_loader(train_views, sampler, workers, rt.device.type == "cuda")
-    eval_views = Views(images, labels, cfg.image_size, "eval", cfg.seed)
+    eval_views = Views(images, labels, cfg.image_size, "eval", cfg.seed,
+                       fast_augment=cfg.fast_augment)
     val_loader = make_loader(eval_views, EpochBatches(val_idx, cfg.batch_size * 2, cfg.seed),
                              workers, rt.device.type == "cuda")
 
@@ -214,53 +253,53 @@ def train(cfg: Config) -> dict[str, Any]:
             bar = progress(train_loader, f"epoch {state['epoch'] + 1}/{cfg.epochs}", rt)
             for x, y, _, bad in bar:
                 state["skipped_batches"] += [ch.train_samples[i][0].name for i, _ in bad]
-                if len(x):
-                    loss = train_step(net, opt, scaler, rt, x, y)
+                every = cfg.checkpoint_every_steps
+                due = (every and (state["step"] + 1) % every == 0) or (
+                    cfg.checkpoint_every_minutes
+                    and time.monotonic() - last_save > cfg.checkpoint_every_minutes * 60)
+                # One collective per step agrees on the global batch size, stop and save.
+                n, stopping, due = distributed.sum_across(
+                    [len(y), stop.should_stop(), bool(due)], rt.device)
+                if n:
+                    loss = train_step(model, opt, scaler, rt, x, y, attr_targets,
+                                      cfg.attr_loss, loss_scale=rt.world * len(y) / n)
                     state["loss_sum"] += loss * len(y)
                     state["count"] += len(y)
-                    bar.set_postfix(loss=f"{state['loss_sum'] / state['count']:.4f}")
+                    bar.set_postfix(loss=f"{loss:.4f}")
                 state["step"] += 1
-                every = cfg.checkpoint_every_steps
-                if (every and state["step"] % every == 0) or (
-                        cfg.checkpoint_every_minutes
-                        and time.monotonic() - last_save > cfg.checkpoint_every_minutes * 60):
+                if due and not stopping:
                     save("interval")
                     last_save = time.monotonic()
-                if stop.should_stop():
+                if stopping:
+                    stop.reason = stop.reason or "another process's stop"
                     path = save(stop.reason)
                     log.info("stopped by %s at epoch %d step %d; checkpoint %s. Run the same "
                              "command again (same output_dir) to continue.", stop.reason,
                              state["epoch"] + 1, state["step"], path)
-                    return {"status": "stopped", "reason": stop.reason, "checkpoint": str(path)}
+                    return stopped_summary(out, stop.reason, path, rt)
             bar.close()
             lr = opt.param_groups[0]["lr"]
             sched.step()
-            metrics = evaluate(net, val_loader, rt, ch.classes) if val_idx else {}
-            metrics.pop("_views", None)
-            record = {"epoch": state["epoch"] + 1, "lr": lr,
-                      "train_loss": state["loss_sum"] / max(state["count"], 1),
-                      "train_images": state["count"], **metrics}
-            state["history"].append(record)
+            total = distributed.sum_across([state["loss_sum"], state["count"]], rt.device)
+            state.update(loss_sum=total[0], count=int(total[1]))
+            if rt.is_main:  # rank 0 validates and writes; the others wait in save()
+                end_epoch(net, val_loader, rt, ch, cfg, state, lr, bool(val_idx))
             state.update(epoch=state["epoch"] + 1, step=0, loss_sum=0.0, count=0)
-            log.info("epoch %d: train loss %.4f, val acc %s", record["epoch"],
-                     record["train_loss"], f"{record.get('val_acc', float('nan')):.4f}")
-            write_history(out, state["history"])
-            if record.get("val_acc", -1) > state["best_val"]:
-                state["best_val"] = record["val_acc"]
-                save_model(out / "model_best.pt", net, cfg, ch, None, state["history"])
             save("epoch")
             last_save = time.monotonic()
-            if stop.should_stop():
-                log.info("stopped by %s after epoch %d; run again to continue.", stop.reason,
-                         state["epoch"])
-                return {"status": "stopped", "reason": stop.reason}
+            if distributed.sum_across([stop.should_stop()], rt.device)[0]:
+                log.info("stopped by %s after epoch %d; run again to continue.",
+                         stop.reason or "another process's stop", state["epoch"])
+                return stopped_summary(out, stop.reason, None, rt)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
 
+    if not rt.is_main:
+        return {"status": "done", "rank": rt.rank}
     head = None
-    zs_wanted = cfg.zero_shot == "on" or (cfg.zero_shot == "auto" and ch.unseen)
     if zs_wanted:
-        head = fit_zero_shot(net, cfg, ch, images, labels, train_idx, val_idx, rt, workers)
+        head = fit_zero_shot(net, cfg, ch, images, labels, train_idx, val_idx, rt, workers,
+                             attributes, attr_source)
     save_model(out / "model.pt", net, cfg, ch, head, state["history"])
     write_history(out, state["history"])
     summary = {"status": "done", "epochs": state["epoch"], "seconds": time.monotonic() - started,
@@ -277,21 +316,62 @@ def train(cfg: Config) -> dict[str, Any]:
     return summary
 
 
-def train_step(net: Net, opt, scaler, rt: Runtime, x: torch.Tensor, y: torch.Tensor) -> float:
+def end_epoch(net: Net, val_loader, rt: Runtime, ch: Challenge, cfg: Config,
+              state: dict[str, Any], lr: float, validate: bool) -> None:
+    """Validation, the history record, metrics.jsonl and model_best.pt (rank 0)."""
+    metrics = evaluate(net, val_loader, rt, ch.classes) if validate else {}
+    metrics.pop("_views", None)
+    record = {"epoch": state["epoch"] + 1, "lr": lr,
+              "train_loss": state["loss_sum"] / max(state["count"], 1),
+              "train_images": state["count"], **metrics}
+    state["history"].append(record)
+    log.info("epoch %d: train loss %.4f, val acc %s", record["epoch"], record["train_loss"],
+             f"{record.get('val_acc', float('nan')):.4f}")
+    out = Path(cfg.output_dir)
+    write_history(out, state["history"])
+    if record.get("val_acc", -1) > state["best_val"]:
+        state["best_val"] = record["val_acc"]
+        save_model(out / "model_best.pt", net, cfg, ch, None, state["history"])
+
+
+def stopped_summary(out: Path, reason: str, path: Path | None, rt: Runtime) -> dict[str, Any]:
+    summary = {"status": "stopped", "reason": reason, "checkpoint": str(path) if path else None}
+    if rt.is_main:
+        ckpt.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def train_step(model: nn.Module, opt, scaler, rt: Runtime, x: torch.Tensor, y: torch.Tensor,
+               attr_targets: torch.Tensor | None = None, attr_weight: float = 0.0,
+               loss_scale: float = 1.0) -> float:
+    """One SGD step on cross-entropy (+ attr_weight x attribute BCE when targets are given).
+    `model` may be DDP-wrapped; loss_scale makes the average over processes the global mean.
+    Returns the cross-entropy alone, so the loss curve means the same with or without."""
+    y = y.to(rt.device)
     with rt.autocast():
-        loss = nn.functional.cross_entropy(net(rt.to_device(x)), y.to(rt.device))
+        logits, _, attr = model(rt.to_device(x), extras=True)
+        loss = ce = nn.functional.cross_entropy(logits, y)
+        if attr_targets is not None and attr_weight:
+            loss = ce + attr_weight * nn.functional.binary_cross_entropy_with_logits(
+                attr.float(), attr_targets[y])
     opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scaler.scale(loss * loss_scale).backward()
     scaler.step(opt)
     scaler.update()
-    return float(loss.detach())
+    return float(ce.detach())
+
+
+def attribute_targets(attributes: np.ndarray) -> torch.Tensor:
+    """Class attributes scaled to [0, 1] per attribute: soft targets for the attribute BCE."""
+    lo, hi = attributes.min(0), attributes.max(0)
+    return torch.from_numpy((attributes - lo) / np.maximum(hi - lo, 1e-8)).float()
 
 
 def fit_zero_shot(net: Net, cfg: Config, ch: Challenge, images, labels, train_idx, val_idx,
-                  rt: Runtime, workers: int):
+                  rt: Runtime, workers: int, attributes: np.ndarray, source: str):
     """Features of every training image -> protocol -> the zero-shot head (zeroshot.py)."""
-    attributes, source = load_class_attributes(ch.root, ch.classes)
-    views = Views(images, labels, cfg.image_size, "eval", cfg.seed)
+    views = Views(images, labels, cfg.image_size, "eval", cfg.seed,
+                  fast_augment=cfg.fast_augment)
 
     def feats(idx: list[int]) -> dict[str, np.ndarray]:
         loader = make_loader(views, EpochBatches(idx, cfg.batch_size * 2, cfg.seed), workers,
@@ -308,16 +388,19 @@ def fit_zero_shot(net: Net, cfg: Config, ch: Challenge, images, labels, train_id
                     gamma)
     ckpt.atomic_write_text(Path(cfg.output_dir) / "zeroshot.json",
                            json.dumps(report, indent=2) + "\n")
-    log.info("zero-shot protocol (%d folds of pseudo-unseen classes): u %.3f  s %.3f  H %.3f "
-             "at gamma %.2f (gamma 0: u %.3f s %.3f H %.3f)", len(report["folds"]), report["u"],
-             report["s"], report["H"], head.gamma, report["gamma0"]["u"], report["gamma0"]["s"],
-             report["gamma0"]["H"])
+    log.info("zero-shot protocol (%d folds of pseudo-unseen classes): u %.3f s %.3f H %.3f "
+             "expected accuracy %.3f at gamma %.2f; gamma 0: u %.3f s %.3f H %.3f; never "
+             "unseen: accuracy %.3f", len(report["folds"]), report["u"], report["s"],
+             report["H"], report["acc"], head.gamma, report["gamma0"]["u"],
+             report["gamma0"]["s"], report["gamma0"]["H"], report["never_unseen"]["acc"])
     return head
 
 
 def save_model(path: Path, net: Net, cfg: Config, ch: Challenge, head, history) -> None:
     """Everything predict needs, self-contained (no weights download at prediction time)."""
+    n_attributes = net.attr_head.out_features if net.attr_head is not None else 0
     ckpt.atomic_torch_save({"config": cfg.to_dict(), "classes": ch.classes, "seen": ch.seen,
+                            "n_attributes": n_attributes,
                             "unseen": ch.unseen, "state_dict": net.state_dict(),
                             "zero_shot": head.to_state() if head else None,
                             "history": history}, path)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
+import torchvision.transforms.v2.functional as TF2
 from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -68,19 +69,64 @@ def sample_params(rng: np.random.Generator, height: int, width: int, scale_min: 
     return AugmentParams(*box, flip=flip, angle=angle)
 
 
-def augment(img: torch.Tensor, p: AugmentParams, size: int) -> torch.Tensor:
-    """uint8 CxHxW -> uint8 Cx size x size: crop+resize, flip, rotate (nearest, black fill)."""
-    x = TF.resized_crop(img, p.top, p.left, p.height, p.width, [size, size], antialias=True)
-    if p.flip:
-        x = TF.hflip(x)
-    if p.angle:
-        x = TF.rotate(x, p.angle)
-    return x
+def augment(img: torch.Tensor, p: AugmentParams, size: int, fast: bool = True) -> torch.Tensor:
+    """uint8 CxHxW -> uint8 Cx size x size: crop+resize, flip, rotate (nearest, black fill).
+
+    fast=True (the default): the crop is resized by torch's native uint8 antialiased bilinear
+    kernel (no float round trip; closer to PIL's than the float path) and the flip and the
+    rotation are one nearest-neighbour gather with the index map TF.rotate would sample;
+    about 4x cheaper per view. fast=False: the torchvision tensor ops, as before.
+    Both match `reference_augment` within the tolerance stated in tests/test_speed.py.
+    """
+    if not fast:
+        x = TF.resized_crop(img, p.top, p.left, p.height, p.width, [size, size], antialias=True)
+        if p.flip:
+            x = TF.hflip(x)
+        if p.angle:
+            x = TF.rotate(x, p.angle)
+        return x
+    crop = img[..., p.top:p.top + p.height, p.left:p.left + p.width]
+    x = resize_uint8(crop, [size, size])
+    if not (p.flip or p.angle):
+        return x
+    return torch.from_numpy(flip_rotate(x.numpy(), p.flip, p.angle))
 
 
-def center_view(img: torch.Tensor, size: int) -> torch.Tensor:
-    """The deterministic view used for validation and features: short side, central square."""
-    return TF.center_crop(TF.resize(img, [size], antialias=True), [size, size])
+def resize_uint8(img: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """Antialiased bilinear resize that stays uint8 on CPU (torch's native kernel; torchvision
+    falls back to float where the CPU lacks it). `size`: [h, w], or [short side]."""
+    return TF2.resize(img, size, antialias=True).contiguous()
+
+
+def flip_rotate(x: np.ndarray, flip: bool, angle: float) -> np.ndarray:
+    """uint8 CxHxW: hflip then rotate by `angle` degrees about the centre, nearest neighbour,
+    black outside: TF.rotate(TF.hflip(x), angle) as one gather.
+
+    Source pixel of output (i, j), as torchvision computes it (affine grid on pixel centres,
+    grid_sample nearest with align_corners=False, ties to even): round(M @ (j, i) centred).
+    """
+    c, h, w = x.shape
+    m = TF._get_inverse_affine_matrix([0.0, 0.0], -angle, [0.0, 0.0], 1.0, [0.0, 0.0])
+    xs = np.arange(w, dtype=np.float32) - np.float32(w * 0.5 - 0.5)
+    ys = (np.arange(h, dtype=np.float32) - np.float32(h * 0.5 - 0.5))[:, None]
+    sx = np.rint(np.float32(m[0]) * xs + (np.float32(m[1]) * ys
+                                         + np.float32(m[2] + w * 0.5 - 0.5))).astype(np.int32)
+    sy = np.rint(np.float32(m[3]) * xs + (np.float32(m[4]) * ys
+                                         + np.float32(m[5] + h * 0.5 - 0.5))).astype(np.int32)
+    inside = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
+    if flip:
+        sx = (w - 1) - sx
+    index = np.where(inside, sy * w + sx, h * w)  # h * w: the black pixel appended below
+    padded = np.zeros((c, h * w + 1), dtype=x.dtype)
+    padded[:, :-1] = x.reshape(c, -1)
+    return np.take(padded, index.reshape(-1), axis=1).reshape(c, h, w)
+
+
+def center_view(img: torch.Tensor, size: int, fast: bool = True) -> torch.Tensor:
+    """The deterministic view used for validation and features: short side, central square.
+    fast: resize in uint8 (see `augment`)."""
+    x = resize_uint8(img, [size]) if fast else TF.resize(img, [size], antialias=True)
+    return TF.center_crop(x, [size, size])
 
 
 def reference_augment(img: Image.Image, p: AugmentParams, size: int) -> torch.Tensor:
@@ -100,4 +146,6 @@ def normalize(batch: torch.Tensor) -> torch.Tensor:
     """uint8 NxCxHxW (on any device) -> float, ImageNet-normalised."""
     mean = torch.tensor(IMAGENET_MEAN, device=batch.device).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD, device=batch.device).view(1, 3, 1, 1) * 255
-    return (batch.float() - mean) / std
+    # In place on the one new float tensor: the same values as (x - mean) / std, without two
+    # more batch-sized allocations (on CPU those page faults cost ~15x the arithmetic).
+    return batch.to(torch.float32, copy=True).sub_(mean).div_(std)

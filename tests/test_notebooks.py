@@ -1,0 +1,185 @@
+"""The notebooks: every .py / .ipynb pair agrees, each has one `parameters` cell of Config
+field names, and explore -> train -> infer run end to end under papermill on CPU against a
+small demo dataset (about a minute in all)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from pathlib import Path
+
+import jupytext
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pixelplay_lib.config import field_names
+from pixelplay_lib.demo import write_demo_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+NAMES = ("explore", "train", "infer")
+# Parameters that are not Config fields (each notebook's own knobs).
+EXTRA_PARAMETERS = {"preset", "answers", "n_show", "samples_per_class"}
+
+
+def cells(path: Path) -> list[tuple[str, str, list[str]]]:
+    nb = jupytext.read(path)
+    return [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", [])))
+            for c in nb.cells]
+
+
+def parameters_cell(path: Path) -> str:
+    tagged = [c for c in jupytext.read(path).cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged parameters (want one)"
+    return tagged[0].source
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pair_in_sync(name: str) -> None:
+    py, ipynb = NOTEBOOKS / f"{name}.py", NOTEBOOKS / f"{name}.ipynb"
+    assert py.is_file() and ipynb.is_file(), f"missing half of the {name} pair: run make sync"
+    assert cells(py) == cells(ipynb), f"{py.name} and {ipynb.name} differ: run `make sync`"
+    meta = json.loads(ipynb.read_text())["metadata"]
+    assert meta["kernelspec"]["name"] == "python3"  # papermill (and Kaggle) need a kernel
+    outputs = [c for c in json.loads(ipynb.read_text())["cells"] if c.get("outputs")]
+    assert not outputs, f"{ipynb.name} carries outputs: commit it cleared (make sync does)"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameters_are_config_fields(name: str) -> None:
+    tree = ast.parse(parameters_cell(NOTEBOOKS / f"{name}.py"))
+    names = {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+             if isinstance(t, ast.Name)}
+    assert {"data_root", "output_dir"} <= names
+    unknown = names - set(field_names()) - EXTRA_PARAMETERS
+    assert not unknown, f"{name}: parameters that are no Config field: {sorted(unknown)}"
+    # Kaggle-ready defaults: the notebooks run there unchanged.
+    values = {t.id: ast.literal_eval(node.value) for node in tree.body
+              if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+    assert values["output_dir"] == "/kaggle/working" and values["data_root"] == ""
+
+
+# --------------------------------------------------------------------------- helpers
+def test_config_fixes_papermill_type_guesses() -> None:
+    from pixelplay_lib.config import make_config
+
+    # What `-p devices 1 -p milestones 16 -p zs_gamma 0.3 -p cache false -p lr 1` passes.
+    cfg = make_config("demo", devices=1, milestones=16, zs_gamma=0.3, cache="false", lr=1,
+                      epochs=None)
+    assert (cfg.devices, cfg.milestones, cfg.zs_gamma, cfg.cache) == ("1", (16,), "0.3", False)
+    assert isinstance(cfg.lr, float) and cfg.epochs == 12  # None = the preset's value
+
+
+def test_find_model(tmp_path: Path) -> None:
+    from pixelplay_lib.report import find_model
+
+    inputs, out = tmp_path / "input", tmp_path / "working"
+    out.mkdir()
+    with pytest.raises(FileNotFoundError, match="pixelplay-train"):
+        find_model("", out, inputs)
+    challenge = inputs / "competition" / "vlg-dataset"
+    (challenge / "train" / "fox").mkdir(parents=True)
+    (challenge / "classes.txt").write_text("fox\n")
+    (challenge / "train" / "model.pt").write_bytes(b"x")  # in the data's image folders: ignored
+    with pytest.raises(FileNotFoundError):
+        find_model("", out, inputs)
+    (inputs / "pixelplay-train").mkdir()
+    (inputs / "pixelplay-train" / "model.pt").write_bytes(b"x")
+    assert find_model("", out, inputs) == inputs / "pixelplay-train" / "model.pt"
+    (out / "model.pt").write_bytes(b"x")  # the output folder's own model wins
+    assert find_model("", out, inputs) == out / "model.pt"
+    assert find_model(str(inputs / "pixelplay-train" / "model.pt"), out, inputs).parent.name \
+        == "pixelplay-train"
+    with pytest.raises(FileNotFoundError, match="model_path"):
+        find_model(str(tmp_path / "nope.pt"), out, inputs)
+
+
+# --------------------------------------------------------------------------- execution
+@pytest.fixture(scope="module")
+def nb_demo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("nb-demo")
+    write_demo_dataset(out, train_per_class=8, n_test=40, width=(40, 64))
+    return out
+
+
+def execute(name: str, out_dir: Path, **parameters) -> dict:
+    import papermill
+
+    # The kernelspec "python3" of the venv runs `python`, which jupyter_client maps to
+    # sys.executable: the notebook sees the same interpreter (and package) as the test.
+    path = out_dir / f"{name}.ipynb"
+    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(path),
+                               parameters=parameters, kernel_name="python3",
+                               cwd=str(NOTEBOOKS), progress_bar=False)
+    return json.loads(path.read_text())
+
+
+def assert_pngs(folder: Path, names: list[str]) -> None:
+    for name in names:
+        path = folder / "figures" / f"{name}.png"
+        assert path.is_file() and path.stat().st_size > 0, f"missing figure {path}"
+        with Image.open(path) as img:
+            assert img.format == "PNG" and min(img.size) > 50
+
+
+def test_notebooks_run_end_to_end(nb_demo: Path, tmp_path: Path) -> None:
+    data_root = str(nb_demo)
+    inputs = tmp_path / "inputs"  # plays /kaggle/input: the train "kernel output" lands here
+    train_dir = inputs / "pixelplay-train"
+    common = dict(data_root=data_root, num_workers=0)
+
+    # explore
+    explore_dir = tmp_path / "explore"
+    execute("explore", tmp_path, output_dir=str(explore_dir), input_root=str(inputs),
+            **common)
+    assert_pngs(explore_dir, ["class_counts", "samples", "image_sizes", "test_samples"])
+
+    # train
+    nb = execute("train", tmp_path, preset="demo", output_dir=str(train_dir),
+                 input_root=str(inputs), image_size=32, epochs=1, **common)
+    text = json.dumps(nb["cells"])
+    assert "validation accuracy" in text
+    rows = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["epoch"] == 1 and 0 <= rows[0]["val_acc"] <= 1
+    config = json.loads((train_dir / "config.json").read_text())
+    assert config["image_size"] == 32 and config["arch"] == "resnet18"  # preset + override
+    assert (train_dir / "model.pt").is_file()
+    zs = json.loads((train_dir / "zeroshot.json").read_text())
+    assert {"u", "s", "H", "gamma", "curve"} <= set(zs)
+    assert_pngs(train_dir, ["curves", "confusion", "val_per_class", "zeroshot"])
+    per_class = pd.read_csv(train_dir / "val_per_class.csv")
+    assert len(per_class) == 40 and per_class["accuracy"].between(0, 1).all()
+
+    # infer, as on Kaggle: its own output folder, the model found below input_root
+    infer_dir = tmp_path / "infer"
+    nb = execute("infer", tmp_path, output_dir=str(infer_dir), input_root=str(inputs),
+                 tta_votes=2, **common)
+    sub = pd.read_csv(infer_dir / "submission.csv", dtype=str)
+    test_dir = nb_demo / "vlg-dataset" / "vlg-dataset" / "test"
+    test_files = sorted(p.name for p in test_dir.iterdir()
+                        if p.suffix == ".jpg" and not p.name.startswith("."))
+    assert list(sub.columns) == ["image_id", "class"]
+    assert sorted(sub["image_id"]) == test_files
+    summary = json.loads((infer_dir / "predict_summary.json").read_text())
+    assert summary["tta_votes"] == 2 and summary["zero_shot"] is True
+    assert_pngs(infer_dir, ["test_predictions", "prediction_counts", "test_per_class"])
+    text = json.dumps(nb["cells"])
+    assert "seen_accuracy" in text and "unseen_accuracy" in text  # answer key found
+
+
+def test_notebook_failure_names_the_cell(nb_demo: Path, tmp_path: Path) -> None:
+    """A bad parameter stops the run with the library's message (no silent half-run)."""
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError, match="unknown preset"):
+        execute("train", tmp_path, preset="nope", data_root=str(nb_demo),
+                output_dir=str(tmp_path / "out"))
+
+
+def test_kernel_is_this_interpreter() -> None:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    assert spec.argv[0] in ("python", "python3", sys.executable), spec.argv

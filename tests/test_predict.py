@@ -1,0 +1,109 @@
+"""Voting and the submission writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pixelplay_lib.pipeline import EpochBatches, Views, make_loader
+from pixelplay_lib.predict import vote, write_submission
+from pixelplay_lib.runtime import Runtime
+from pixelplay_lib.train import run_views
+
+
+class ArrayImages:
+    errors: dict = {}
+
+    def __init__(self, n: int):
+        self.arrays = [np.full((40, 50, 3), 10 * i, np.uint8) for i in range(n)]
+
+    def __len__(self):
+        return len(self.arrays)
+
+    def get(self, i):
+        return self.arrays[i]
+
+
+class CountingNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.batch_sizes = []
+        self.lin = torch.nn.Linear(3, 4)
+
+    def forward_both(self, x):
+        self.batch_sizes.append(len(x))
+        f = x.mean((2, 3))
+        return self.lin(f), f
+
+
+@pytest.mark.parametrize("votes", [1, 7])
+def test_voting_runs_every_view_in_batches(votes):
+    n = 10
+    views = Views(ArrayImages(n), [0] * n, 16, "votes", seed=0, votes=votes)
+    loader = make_loader(views, EpochBatches(range(n), 4, 0), 0, False)
+    net = CountingNet()
+    out = run_views(net, loader, Runtime(torch.device("cpu"), None, False))
+    # every image: one central view + `votes` augmented ones, never one image at a time
+    assert sum(net.batch_sizes) == n * (votes + 1)
+    assert net.batch_sizes == [4 * (votes + 1)] * 2 + [2 * (votes + 1)]
+    assert out["logits"].shape == (n, votes + 1, 4)
+    assert sorted(out["index"]) == list(range(n))
+    if votes > 1:  # the augmented views differ from each other
+        assert not np.allclose(out["features"][:, 1], out["features"][:, 2])
+
+
+def test_hard_and_soft_vote():
+    # image 0: votes 2,2,1 -> hard 2; probabilities favour 1 -> soft 1
+    logits = np.log(np.array([[[0.1, 0.1, 0.45, 0.35], [0.1, 0.1, 0.45, 0.35],
+                               [0.0001, 0.9, 0.05, 0.0499]]]))
+    assert vote(logits, "hard", [0, 1, 2, 3])[0] == 2
+    assert vote(logits, "soft", [0, 1, 2, 3])[0] == 1
+    # classes outside `allowed` (unseen ones) are never voted for
+    assert vote(logits, "hard", [0, 1, 3])[0] == 3
+
+
+def test_hard_vote_ties_go_to_the_higher_mean_probability():
+    logits = np.log(np.array([[[0.6, 0.4], [0.3, 0.7]]]))
+    assert vote(logits, "hard", [0, 1])[0] == 1
+
+
+@pytest.fixture
+def test_files(tmp_path) -> list[Path]:
+    return [tmp_path / f"{i:05d}.jpg" for i in (3, 1, 2)]
+
+
+def frame(ids, labels):
+    return pd.DataFrame({"image_id": ids, "class": labels})
+
+
+def test_submission_is_written_sorted_with_header(tmp_path, test_files):
+    path = write_submission(frame(["00003.jpg", "00001.jpg", "00002.jpg"], ["b", "a", "b"]),
+                            test_files, ["a", "b"], tmp_path / "submission.csv")
+    assert path.read_text().splitlines() == ["image_id,class", "00001.jpg,a", "00002.jpg,b",
+                                             "00003.jpg,b"]
+
+
+@pytest.mark.parametrize("ids, labels, message", [
+    (["00001.jpg", "00002.jpg"], ["a", "a"], "without a row"),
+    (["00001.jpg", "00002.jpg", "00002.jpg", "00003.jpg"], ["a"] * 4, "duplicated"),
+    (["00001.jpg", "00002.jpg", "00003.jpg", "00009.jpg"], ["a"] * 4, "unknown images"),
+    (["00001.jpg", "00002.jpg", "00003.jpg"], ["a", "zebra", "a"], "not in classes.txt"),
+])
+def test_incomplete_or_wrong_frames_are_refused(tmp_path, test_files, ids, labels, message):
+    target = tmp_path / "submission.csv"
+    with pytest.raises(ValueError, match=message):
+        write_submission(frame(ids, labels), test_files, ["a", "b"], target)
+    assert not target.exists()
+
+
+def test_sample_submission_header_and_order_win(tmp_path, test_files):
+    sample = tmp_path / "sample_submission.csv"
+    sample.write_text("id,label\n00002.jpg,x\n00003.jpg,x\n00001.jpg,x\n")
+    path = write_submission(frame(["00001.jpg", "00002.jpg", "00003.jpg"], ["a", "b", "a"]),
+                            test_files, ["a", "b"], tmp_path / "sub.csv", sample)
+    assert path.read_text().splitlines() == ["id,label", "00002.jpg,b", "00003.jpg,a",
+                                             "00001.jpg,a"]

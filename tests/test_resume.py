@@ -1,0 +1,170 @@
+"""Crash-proof training: kill it anywhere, resume, land on the same bits (CPU)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_cli
+
+from pixelplay_lib.checkpoint import list_checkpoints, load_newest, progress_of
+
+EPOCHS = 3
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data-root", str(data), "--output-dir", str(out), "--arch", "resnet18",
+            "--weights", "none", "--trainable", "all", "--image-size", "32", "--batch-size",
+            "16", "--epochs", str(EPOCHS), "--lr", "0.05", "--momentum", "0.9",
+            "--milestones", "2", "--checkpoint-every-minutes", "0", "--input-root",
+            str(out) + "-no-inputs", *extra]
+
+
+def final_state(out: Path) -> dict:
+    model = torch.load(out / "model.pt", weights_only=True)
+    last = torch.load(list_checkpoints([out])[0], weights_only=True)
+    return {"model": model["state_dict"], "optimizer": last["optimizer"],
+            "metrics": (out / "metrics.jsonl").read_text(), "zero_shot": model["zero_shot"]}
+
+
+def assert_identical(a, b, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"tensors differ at {where}"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_identical(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+@pytest.fixture(scope="module")
+def reference(demo_dir, tmp_path_factory) -> dict:
+    """An uninterrupted run (main-process loading), the thing every resumed run must equal."""
+    out = tmp_path_factory.mktemp("reference")
+    done = run_cli(*train_args(demo_dir, out, "--num-workers", "0"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return final_state(out)
+
+
+def test_killed_anywhere_then_resumed_is_bit_identical(demo_dir, tmp_path, reference):
+    """SIGKILL at random moments (mid-epoch, mid-checkpoint-write: checkpoints are written
+    every step), resume each time; with 2 loader workers instead of none, for good measure."""
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pixelplay_lib",
+           *train_args(demo_dir, out, "--num-workers", "2", "--checkpoint-every-steps", "1")]
+    rng = random.Random(1234)
+    kills, progress = 0, (-1, -1)
+    while kills < 5:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        # Wait for fresh progress, then kill after a random delay: mid-step, mid-write...
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = list_checkpoints([out])
+            if found and progress_of(found[0]) > progress:
+                progress = progress_of(found[0])
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.6))
+        if proc.poll() is not None:
+            break
+        os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its loader workers
+        proc.wait()
+        kills += 1
+    assert subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=600).returncode == 0
+    assert kills >= 2, "the kill schedule missed the training; adjust the delays"
+    assert_identical(final_state(out), reference)
+
+
+def test_corrupt_newest_checkpoint_falls_back(demo_dir, tmp_path, reference):
+    out = tmp_path / "corrupt"
+    first = run_cli(*train_args(demo_dir, out, "--num-workers", "0", "--epochs", "2"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    newest = list_checkpoints([out])[0]
+    assert newest.name.startswith("ckpt-e0002")
+    newest.write_bytes(newest.read_bytes()[:1000])  # a truncated write / upload
+    done = run_cli(*train_args(demo_dir, out, "--num-workers", "0"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "skipping unreadable checkpoint" in done.stdout + done.stderr
+    assert "resumed from" in done.stdout and "ckpt-e0001" in done.stdout
+    assert_identical(final_state(out), reference)
+
+
+def test_checkpoint_cannot_run_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    good = tmp_path / "ckpt-e0001-s0000000.pt"
+    torch.save({"ok": torch.ones(1)}, good)
+    with open(tmp_path / "ckpt-e0009-s0000000.pt", "wb") as f:
+        pickle.dump({"x": Evil()}, f)
+    loaded, path = load_newest([tmp_path])
+    assert path == good and not (tmp_path / "pwned").exists()
+
+
+def test_changed_config_is_refused_with_the_fields(demo_dir, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(*train_args(demo_dir, out, "--num-workers", "0", "--epochs", "1")
+                   ).returncode == 0
+    changed = run_cli(*train_args(demo_dir, out, "--num-workers", "0", "--lr", "0.1",
+                                  "--image-size", "40"))
+    assert changed.returncode == 2
+    assert "lr: 0.05 -> 0.1" in changed.stderr and "image_size: 32 -> 40" in changed.stderr
+    # what does not change the result may change: workers, time limit, epochs
+    more = run_cli(*train_args(demo_dir, out, "--num-workers", "1", "--epochs", "2"))
+    assert more.returncode == 0 and "resumed from" in more.stdout
+
+
+def test_time_limit_stops_cleanly_and_resumes(demo_dir, tmp_path, reference):
+    out = tmp_path / "limited"
+    stopped = run_cli(*train_args(demo_dir, out, "--num-workers", "0", "--time-limit", "0.0001"))
+    assert stopped.returncode == 0
+    assert "stopped by time limit" in stopped.stdout
+    assert "Run the same command again" in stopped.stdout
+    assert not (out / "model.pt").exists() and list_checkpoints([out])
+    done = run_cli(*train_args(demo_dir, out, "--num-workers", "0"))
+    assert done.returncode == 0
+    assert_identical(final_state(out), reference)
+
+
+def test_sigterm_stops_cleanly_with_a_checkpoint(demo_dir, tmp_path):
+    out = tmp_path / "term"
+    proc = subprocess.Popen([sys.executable, "-m", "pixelplay_lib",
+                             *train_args(demo_dir, out, "--num-workers", "0", "--epochs", "50")],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list_checkpoints([out]) and time.monotonic() < deadline:
+        time.sleep(0.2)  # wait for the end of the first epoch
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert "stopped by SIGTERM" in stdout
+    assert progress_of(list_checkpoints([out])[0]) >= (1, 0)
+
+
+def test_resumes_from_an_earlier_run_attached_as_input(demo_dir, tmp_path, reference):
+    """On Kaggle a previous kernel version's output appears under /kaggle/input."""
+    earlier = tmp_path / "inputs" / "pixelplay-train"
+    assert run_cli(*train_args(demo_dir, earlier, "--num-workers", "0", "--epochs", "2")
+                   ).returncode == 0
+    out = tmp_path / "fresh"
+    args = train_args(demo_dir, out, "--num-workers", "0")
+    args[args.index("--input-root") + 1] = str(tmp_path / "inputs")
+    done = run_cli(*args)
+    assert done.returncode == 0 and "resumed from" in done.stdout
+    assert str(earlier) in done.stdout
+    assert_identical(final_state(out), reference)
