@@ -46,7 +46,7 @@ bench: $(STAMP) ## speed benchmark, baseline vs project, side by side (table + J
 	$(PY) bench/bench.py $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff
-	$(BIN)/ruff check pixelplay_lib tests bench notebooks/*.py
+	$(BIN)/ruff check pixelplay_lib tests bench tools notebooks/*.py
 
 clean: ## remove generated data and runs (keeps .venv)
 	rm -rf $(DEMO) runs build dist

@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--input-root", default="/kaggle/input")
     demo = sub.add_parser("demo-data", help="write the generated demo dataset")
     demo.add_argument("--out", default="demo-data")
-    demo.add_argument("--train-per-class", type=int, default=24)
-    demo.add_argument("--n-test", type=int, default=300)
+    demo.add_argument("--train-per-class", type=int, default=48)
+    demo.add_argument("--n-test", type=int, default=500)
     demo.add_argument("--seed", type=int, default=0)
     argv = sys.argv[1:] if argv is None else argv
     args = vars(parser.parse_args(argv))

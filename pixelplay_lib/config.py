@@ -109,7 +109,7 @@ RESULT_FIELDS = ("arch", "weights", "trainable", "image_size", "crop_scale_min",
 PRESETS: dict[str, dict[str, Any]] = {
     "baseline": {},
     "demo": dict(arch="resnet18", weights="none", trainable="all", image_size=64, batch_size=32,
-                 epochs=12, lr=0.05, momentum=0.9, weight_decay=5e-4, milestones=(8, 11),
+                 epochs=20, lr=0.05, momentum=0.9, weight_decay=5e-4, milestones=(14, 18),
                  lr_gamma=0.1, crop_scale_min=0.6, rotation=15.0),
 }
 

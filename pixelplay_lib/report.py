@@ -415,15 +415,15 @@ def plot_zeroshot(report: dict[str, Any]) -> Figure:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    names = ["u", "s", "H"]
-    x = np.arange(3)
+    names = ["u", "s", "H", "acc"]
+    x = np.arange(4)
     ax_bar.bar(x - 0.2, [report["gamma0"][n] for n in names], 0.4, label="gamma 0")
     ax_bar.bar(x + 0.2, [report[n] for n in names], 0.4, label=f"gamma {report['gamma']}")
     ax_bar.set_xticks(x, names)
     ax_bar.set_ylim(0, 1)
     ax_bar.legend(fontsize=7)
-    ax_bar.set_title(f"lambda {report.get('lam')}, mu {report.get('mu')}, "
-                     f"{len(report.get('folds', []))} folds", fontsize=8)
+    ax_bar.set_title(f"lambda {report.get('lam')}, {len(report.get('folds', []))} folds",
+                     fontsize=8)
     fig.tight_layout()
     return fig
 

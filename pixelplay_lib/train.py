@@ -203,7 +203,7 @@ def _train(cfg: Config, rt: Runtime, started: float) -> dict[str, Any]:
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
 
     state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "count": 0, "history": [],
-             "best_val": -1.0, "skipped_batches": []}
+             "best_val": -1.0, "unreadable": {}}
     data_id = data_fingerprint(ch, train_idx)
     resumed = find_resume(cfg)
     if resumed:
@@ -252,7 +252,8 @@ def _train(cfg: Config, rt: Runtime, started: float) -> dict[str, Any]:
             net.train()
             bar = progress(train_loader, f"epoch {state['epoch'] + 1}/{cfg.epochs}", rt)
             for x, y, _, bad in bar:
-                state["skipped_batches"] += [ch.train_samples[i][0].name for i, _ in bad]
+                # cache=False: files fail here, once an epoch each (skipped, never retried)
+                state["unreadable"].update({str(ch.train_samples[i][0]): e for i, e in bad})
                 every = cfg.checkpoint_every_steps
                 due = (every and (state["step"] + 1) % every == 0) or (
                     cfg.checkpoint_every_minutes
@@ -302,17 +303,20 @@ def _train(cfg: Config, rt: Runtime, started: float) -> dict[str, Any]:
                              attributes, attr_source)
     save_model(out / "model.pt", net, cfg, ch, head, state["history"])
     write_history(out, state["history"])
+    unreadable = {**{str(ch.train_samples[i][0]): e for i, e in skipped.items()},
+                  **state["unreadable"]}
     summary = {"status": "done", "epochs": state["epoch"], "seconds": time.monotonic() - started,
                "train_images": len(train_idx), "val_images": len(val_idx),
-               "unreadable": {str(ch.train_samples[i][0]): e for i, e in skipped.items()},
+               "unreadable": unreadable,
                "val_acc": state["history"][-1].get("val_acc") if state["history"] else None,
                "zero_shot": head.report if head else None}
     ckpt.atomic_write_text(out / "summary.json", json.dumps(
         {k: v for k, v in summary.items() if k != "zero_shot"}, indent=2) + "\n")
-    if skipped:
-        log.info("skipped %d unreadable training images (listed in summary.json):", len(skipped))
-        for i, err in sorted(skipped.items())[:20]:
-            log.info("  %s: %s", ch.train_samples[i][0], err)
+    if unreadable:
+        log.info("skipped %d unreadable training images (listed in summary.json):",
+                 len(unreadable))
+        for path, err in sorted(unreadable.items())[:20]:
+            log.info("  %s: %s", path, err)
     return summary
 
 
