@@ -14,7 +14,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from conftest import run_cli
 
 TOL = 1e-5

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import run_cli
+
 from pixelplay_lib.demo import write_demo_dataset
 
 TRAIN = ["--preset", "demo", "--image-size", "48", "--epochs", "10", "--milestones", "7,9",
