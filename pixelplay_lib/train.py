@@ -324,7 +324,8 @@ def end_epoch(net: Net, val_loader, rt: Runtime, ch: Challenge, cfg: Config,
               state: dict[str, Any], lr: float, validate: bool) -> None:
     """Validation, the history record, metrics.jsonl and model_best.pt (rank 0)."""
     metrics = evaluate(net, val_loader, rt, ch.classes) if validate else {}
-    metrics.pop("_views", None)
+    views = metrics.pop("_views", {"failed": []})
+    state["unreadable"].update({str(ch.train_samples[i][0]): e for i, e in views["failed"]})
     record = {"epoch": state["epoch"] + 1, "lr": lr,
               "train_loss": state["loss_sum"] / max(state["count"], 1),
               "train_images": state["count"], **metrics}
