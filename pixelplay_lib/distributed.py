@@ -19,14 +19,17 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from .config import Config
+
+T = TypeVar("T")
 
 
 def world_size_for(devices: str) -> int:
@@ -67,6 +70,16 @@ def teardown() -> None:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def main_process_first(is_main: bool, make: Callable[[], T]) -> T:
+    """Rank 0 runs make() first (say, decodes the image cache), then the others (reuse it)."""
+    if not is_main:
+        barrier()
+    result = make()
+    if is_main:
+        barrier()
+    return result
 
 
 def wrap(net: nn.Module, device: torch.device, world: int) -> nn.Module:

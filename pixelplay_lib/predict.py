@@ -84,12 +84,8 @@ def _predict(cfg: Config, rt: Runtime) -> pd.DataFrame | None:
                         "trained on")
     files = ch.test_files()
     workers = resolve_workers(cfg.num_workers)
-    if not rt.is_main:  # rank 0 decodes the cache, the others then open it
-        distributed.barrier()
-    images = open_images(files, trained.image_size, cfg.cache, cache_root(cfg), workers,
-                         "decoding test images")
-    if rt.is_main:
-        distributed.barrier()
+    images = distributed.main_process_first(rt.is_main, lambda: open_images(
+        files, trained.image_size, cfg.cache, cache_root(cfg), workers, "decoding test images"))
     views = Views(images, [0] * len(files), trained.image_size, "votes", cfg.seed,
                   trained.crop_scale_min, trained.rotation, votes=cfg.tta_votes,
                   keep_failed=True, fast_augment=trained.fast_augment)

@@ -164,12 +164,8 @@ def _train(cfg: Config, rt: Runtime, started: float) -> dict[str, Any]:
 
     train_idx, val_idx = split_train_val(ch.train_samples, cfg.val_fraction, cfg.seed)
     paths = [p for p, _ in ch.train_samples]
-    if not rt.is_main:  # rank 0 decodes the cache, the others then open it
-        distributed.barrier()
-    images = open_images(paths, cfg.image_size, cfg.cache, cache_root(cfg), workers,
-                         "decoding train images")
-    if rt.is_main:
-        distributed.barrier()
+    images = distributed.main_process_first(rt.is_main, lambda: open_images(
+        paths, cfg.image_size, cfg.cache, cache_root(cfg), workers, "decoding train images"))
     skipped = dict(images.errors)  # unreadable files found while building the cache
     train_idx = [i for i in train_idx if i not in skipped]
     val_idx = [i for i in val_idx if i not in skipped]
