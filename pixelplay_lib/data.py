@@ -47,9 +47,14 @@ class Challenge:
         """The test images, sorted by name. Stops with a clear message if test/ is missing."""
         if not self.test_dir.is_dir():
             raise DataError(f"no test folder: {self.test_dir} does not exist")
-        files = sorted(p for p in self.test_dir.iterdir() if is_image_file(p))
+        folder = self.test_dir
+        files = sorted(p for p in folder.iterdir() if is_image_file(p))
+        subdirs = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        if not files and len(subdirs) == 1:  # some re-uploads nest it: test/test/*.jpg
+            folder = subdirs[0]
+            files = sorted(p for p in folder.iterdir() if is_image_file(p))
         if not files:
-            raise DataError(f"the test folder {self.test_dir} holds no image files")
+            raise DataError(f"the test folder {folder} holds no image files")
         return files
 
     def sample_submission(self) -> Path | None:
@@ -120,10 +125,10 @@ def load_challenge(data_root: str | Path = "", input_root: str | Path = "/kaggle
                    ) -> Challenge:
     root = find_challenge_root(data_root, input_root)
     classes = read_classes(root / "classes.txt")
-    index = {name: i for i, name in enumerate(classes)}
+    index = {canonical(name): i for i, name in enumerate(classes)}
     train_dir = root / "train"
     folders = sorted(p for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    strangers = [p for p in folders if p.name.strip() not in index]
+    strangers = [p for p in folders if canonical(p.name) not in index]
     if strangers:
         raise DataError(f"train folder {strangers[0]} is not a class listed in "
                         f"{root / 'classes.txt'}" + (f" (and {len(strangers) - 1} more)"
@@ -131,7 +136,7 @@ def load_challenge(data_root: str | Path = "", input_root: str | Path = "/kaggle
     samples = []
     seen = set()
     for folder in folders:
-        label = index[folder.name.strip()]
+        label = index[canonical(folder.name)]
         images = sorted(p for p in folder.iterdir() if is_image_file(p))
         if images:
             seen.add(label)
@@ -141,6 +146,12 @@ def load_challenge(data_root: str | Path = "", input_root: str | Path = "/kaggle
     seen_list = sorted(seen)
     unseen = [i for i in range(len(classes)) if i not in seen]
     return Challenge(root, classes, samples, seen_list, unseen)
+
+
+def canonical(name: str) -> str:
+    """Folder and class names match whatever their case and word separator
+    (`Blue Whale`, `blue_whale` and `blue+whale` are one class)."""
+    return "+".join(name.strip().lower().replace("_", " ").replace("+", " ").split())
 
 
 def split_train_val(samples: list[tuple[Path, int]], val_fraction: float, seed: int

@@ -126,7 +126,8 @@ def leave_classes_out(f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarra
     mean = f_train.mean(0)
     x_train, x_val = prepare(f_train, mean), prepare(f_val, mean)
     order = np.random.default_rng(seed).permutation(seen)
-    groups = [sorted(int(c) for c in g) for g in np.array_split(order, max(2, folds))]
+    n_groups = min(max(2, folds), len(seen))  # every fold hides at least one class
+    groups = [sorted(int(c) for c in g) for g in np.array_split(order, n_groups)]
     unseen_share = 1 - len(seen) / attributes.shape[0]
     grid = np.zeros((len(LAMBDAS), len(GAMMAS), 4))  # u, s, H, accuracy, summed over folds
     for group in groups:
@@ -142,6 +143,8 @@ def leave_classes_out(f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarra
                 pred = decide(compat, seen_pred, fold_seen, gamma, seen)
                 u = per_class_accuracy(pred, y_val, group)
                 s = per_class_accuracy(pred, y_val, fold_seen)
+                # nan (a class group without validation images) counts as 0
+                u, s = np.nan_to_num(u), np.nan_to_num(s)
                 grid[i, k] += (u, s, harmonic(u, s), (1 - unseen_share) * s + unseen_share * u)
     grid /= len(groups)
     i, k = np.unravel_index(np.argmax(grid[..., 3]), grid.shape[:2])

@@ -178,3 +178,18 @@ def test_wrong_attribute_file_fails_clearly(tmp_path):
     (tmp_path / "predicate-matrix-continuous.txt").write_text("1 2 x\n")
     with pytest.raises(DataError, match="not a numeric matrix"):
         load_class_attributes(tmp_path, ["a"])
+
+
+def test_folder_names_match_classes_whatever_case_and_separator(tmp_path):
+    root = make_layout(tmp_path / "c", ["antelope", "blue+whale"],
+                       {"Blue Whale": 2, "ANTELOPE": 1})
+    ch = load_challenge(root)
+    assert {ch.classes[label] for _, label in ch.train_samples} == {"antelope", "blue+whale"}
+    assert ch.unseen == []
+
+
+def test_a_nested_test_folder_is_found(tmp_path):
+    root = make_layout(tmp_path / "c", ["cat", "dog"], {"cat": 2}, n_test=0)
+    (root / "test" / "test").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "test" / "test" / "00001.jpg")
+    assert [p.name for p in load_challenge(root).test_files()] == ["00001.jpg"]

@@ -128,3 +128,24 @@ def test_bad_files_without_the_cache_are_skipped_not_retried(demo_dir, tmp_path)
     unreadable = json.loads((out / "summary.json").read_text())["unreadable"]
     assert sorted(Path(p).parent.name for p in unreadable) == ["deer", "hamster"]
     assert "skipped 2 unreadable training images" in done.stdout
+
+
+def test_a_tiny_dataset_still_trains_and_predicts(tmp_path):
+    """One image per seen class: nothing can be held out, so the zero-shot step falls back
+    to untuned defaults (the bundled AwA2 attributes) instead of failing."""
+    from test_data import make_layout
+
+    root = make_layout(tmp_path / "data" / "c", ["antelope", "grizzly+bear", "killer+whale"],
+                       {"antelope": 1, "grizzly+bear": 1}, n_test=3)
+    out = tmp_path / "run"
+    common = ["--data-root", str(root), "--output-dir", str(out), "--input-root",
+              str(tmp_path / "none"), "--num-workers", "0"]
+    trained = run_cli("train", *common, "--preset", "demo", "--image-size", "32",
+                      "--epochs", "1", "--batch-size", "2")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "untuned" in trained.stdout
+    predicted = run_cli("predict", *common, "--tta-votes", "2")
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    rows = pd.read_csv(out / "submission.csv")
+    assert list(rows["image_id"]) == ["00001.jpg", "00002.jpg", "00003.jpg"]
+    assert set(rows["class"]) <= {"antelope", "grizzly+bear", "killer+whale"}
