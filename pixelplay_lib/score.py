@@ -20,7 +20,7 @@ def score_submission(submission: str | Path, answers: str | Path, data_root: str
         raise ValueError(f"{submission} has no row for {missing} (and maybe others)")
     correct = merged["pred"].str.strip() == merged["truth"].str.strip()
     result: dict[str, float | int] = {"images": len(merged), "accuracy": float(correct.mean())}
-    if data_root:
+    if data_root or Path(input_root).is_dir():  # on Kaggle, data_root "" searches the inputs
         ch = load_challenge(data_root, input_root)
         unseen = {ch.classes[i] for i in ch.unseen}
         is_unseen = merged["truth"].str.strip().isin(unseen)

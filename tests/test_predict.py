@@ -107,3 +107,19 @@ def test_sample_submission_header_and_order_win(tmp_path, test_files):
                             test_files, ["a", "b"], tmp_path / "sub.csv", sample)
     assert path.read_text().splitlines() == ["id,label", "00002.jpg,b", "00003.jpg,a",
                                              "00001.jpg,a"]
+
+
+def test_score_splits_seen_and_unseen_found_under_input_root(demo_dir):
+    from pixelplay_lib.score import score_submission
+
+    answers = demo_dir / "answer_key.csv"
+    key = pd.read_csv(answers)
+    wrong_unseen = key.assign(**{"class": ["antelope" if c in {"fox", "horse"} else c
+                                           for c in key["class"]]})
+    path = demo_dir.parent / "scored.csv"
+    wrong_unseen.to_csv(path, index=False)
+    result = score_submission(path, answers, "", input_root=str(demo_dir))  # Kaggle's way
+    n_wrong = int(key["class"].isin(["fox", "horse"]).sum())
+    assert result["seen_accuracy"] == 1.0 and result["images"] == len(key)
+    assert result["accuracy"] == round(1 - n_wrong / len(key), 4)
+    assert result["unseen_accuracy"] < 1.0 or n_wrong == 0
