@@ -45,7 +45,7 @@ class FileImages:
     def __init__(self, paths: Sequence[Path], min_side: int | None = None):
         self.paths = list(paths)
         self.min_side = min_side
-        self.errors: dict[int, str] = {}  # filled only by scan(); get() reports per call
+        self.errors: dict[int, str] = {}  # none known up front: get() raises per call
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -245,8 +245,9 @@ class EpochBatches(torch.utils.data.Sampler):
 
     The order is a pure function of (seed, epoch), so resuming at (epoch, start) replays
     exactly the batches an uninterrupted run would have seen. With world > 1, each global
-    batch of batch_size x world samples is cut into equal consecutive slices, one per rank:
-    the union of the ranks' batches is the single-process batch of the same global size.
+    batch is cut into near-equal consecutive slices, one per rank: the union of the ranks'
+    batches is the single-process batch. (A last batch smaller than world, which would leave
+    a rank empty, is dropped in that case only.)
     """
 
     def __init__(self, indices: Sequence[int], global_batch: int, seed: int, rank: int = 0,
@@ -263,12 +264,11 @@ class EpochBatches(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         order = self.indices[epoch_order(len(self.indices), self.epoch, self.seed)]
-        per_rank = self.global_batch // self.world
         for b in range(self.start, self.batches_per_epoch()):
             batch = order[b * self.global_batch:(b + 1) * self.global_batch]
-            mine = batch[self.rank * per_rank:(self.rank + 1) * per_rank]
-            if self.rank == self.world - 1:  # a short last batch: the last rank takes the rest
-                mine = batch[self.rank * per_rank:]
+            if len(batch) < self.world:  # a rank would get nothing: DDP needs every rank
+                break
+            mine = np.array_split(batch, self.world)[self.rank]  # consecutive, near-equal
             yield [(int(i), self.epoch) for i in mine]
 
 

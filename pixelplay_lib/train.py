@@ -221,7 +221,7 @@ def _train(cfg: Config, rt: Runtime, started: float) -> dict[str, Any]:
             state.update(loss_sum=0.0, count=0)
         log.info("resumed from %s (epoch %d, step %d)", path, state["epoch"], state["step"])
 
-    def save(reason: str) -> Path | None:
+    def save() -> Path | None:
         """All ranks call it (the loss sums are gathered); rank 0 writes."""
         total = distributed.sum_across([state["loss_sum"], state["count"]], rt.device)
         if not rt.is_main:
@@ -269,11 +269,11 @@ def _train(cfg: Config, rt: Runtime, started: float) -> dict[str, Any]:
                     bar.set_postfix(loss=f"{loss:.4f}")
                 state["step"] += 1
                 if due and not stopping:
-                    save("interval")
+                    save()
                     last_save = time.monotonic()
                 if stopping:
                     stop.reason = stop.reason or "another process's stop"
-                    path = save(stop.reason)
+                    path = save()
                     log.info("stopped by %s at epoch %d step %d; checkpoint %s. Run the same "
                              "command again (same output_dir) to continue.", stop.reason,
                              state["epoch"] + 1, state["step"], path)
@@ -286,7 +286,7 @@ def _train(cfg: Config, rt: Runtime, started: float) -> dict[str, Any]:
             if rt.is_main:  # rank 0 validates and writes; the others wait in save()
                 end_epoch(net, val_loader, rt, ch, cfg, state, lr, bool(val_idx))
             state.update(epoch=state["epoch"] + 1, step=0, loss_sum=0.0, count=0)
-            save("epoch")
+            save()
             last_save = time.monotonic()
             if distributed.sum_across([stop.should_stop()], rt.device)[0]:
                 log.info("stopped by %s after epoch %d; run again to continue.",

@@ -123,3 +123,18 @@ def test_score_splits_seen_and_unseen_found_under_input_root(demo_dir):
     assert result["seen_accuracy"] == 1.0 and result["images"] == len(key)
     assert result["accuracy"] == round(1 - n_wrong / len(key), 4)
     assert result["unseen_accuracy"] < 1.0 or n_wrong == 0
+
+
+@pytest.mark.parametrize("n, world", [(35, 2), (33, 2), (37, 4), (40, 4)])
+def test_rank_batches_cut_the_single_process_batches(n, world):
+    single = EpochBatches(range(n), 16, seed=3)
+    ranks = [EpochBatches(range(n), 16, seed=3, rank=r, world=world) for r in range(world)]
+    for sampler in [single, *ranks]:
+        sampler.epoch = 2
+    per_rank = [list(r) for r in ranks]
+    for b, whole in enumerate(single):
+        if len(whole) < world:  # would leave a rank empty: dropped when distributed
+            assert all(len(p) == b for p in per_rank)
+            continue
+        parts = [p[b] for p in per_rank]
+        assert all(parts) and sum(parts, []) == whole
