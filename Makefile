@@ -30,14 +30,18 @@ demo: $(STAMP) ## generate demo data, train on CPU, predict, score against the a
 test: $(STAMP) ## the whole test suite, CPU only, no network
 	$(PY) -m pytest -q
 
-sync: $(STAMP) ## sync every notebooks/*.py <-> .ipynb pair (jupytext.toml declares the pairing)
-	$(BIN)/jupytext --sync notebooks/*.py
+# The .py is the source: the .ipynb is written from it, never the reverse. An .ipynb that is
+# newer and differs (Jupyter autosave, git checkout) stops it with what to keep and how.
+NOTEBOOK_DIR ?= notebooks
+sync: $(STAMP) ## write every notebooks/*.ipynb from its .py (stops if an .ipynb has own edits)
+	$(PY) tools/sync_notebooks.py $(NOTEBOOK_DIR)/*.py
 
-# The pair is synced first (an edited .py is what runs); relative paths in P are relative
-# to notebooks/ (papermill runs the kernel there); the executed copy lands in runs/notebooks/.
+# The .ipynb is written from the .py first (the .py is what runs); relative paths in P are
+# relative to notebooks/ (papermill runs the kernel there); the executed copy lands in
+# runs/notebooks/.
 run-%: $(STAMP) ## run a notebook locally with papermill, e.g. make run-train P='-p epochs 1'
 	@test -f notebooks/$*.py || { echo "no notebook notebooks/$*.py"; exit 2; }
-	$(BIN)/jupytext --sync notebooks/$*.py
+	$(PY) tools/sync_notebooks.py notebooks/$*.py
 	@mkdir -p runs/notebooks
 	$(BIN)/papermill notebooks/$*.ipynb runs/notebooks/$*.ipynb -k python3 --cwd notebooks \
 		--log-output $(P)

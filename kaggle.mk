@@ -1,12 +1,18 @@
 # Kaggle workflow (included by Makefile). The logic lives in tools/kaggle_ops.py;
 # order: push-lib -> push-kernel -> kernel-status -> kernel-output -> submit.
 #   make push-kernel NB=infer ACCELERATOR=NvidiaTeslaT4 DATASETS="owner/imagenet-weights"
+# ACCELERATOR defaults to the T4s: Kaggle's default image has no P100 (sm_60) kernels
+# (kaggle-cli issue 1151). DOCKER_IMAGE= / PIN=original|latest pick the kernel's image;
+# MODELS="owner/model/framework/variation/version ..." attaches Kaggle Models.
 # KAGGLE_USER defaults to the user name in your credentials (the key is never printed).
 KAGGLE       ?= $(BIN)/kaggle
 KAGGLE_USER  ?=
 NB           ?= train
-ACCELERATOR  ?= NvidiaTeslaP100
+ACCELERATOR  ?= NvidiaTeslaT4
 DATASETS     ?=
+MODELS       ?=
+DOCKER_IMAGE ?=
+PIN          ?=
 NOTEBOOKS_DIR ?= notebooks
 KAGGLE_BUILD ?= build
 LIB_SRC      ?= .
@@ -29,10 +35,12 @@ push-lib: $(STAMP) ## Kaggle: build the wheel, publish/update dataset <user>/pix
 	$(KAGGLE_OPS) push-lib --python $(call kaggle_shq,$(PY)) --src $(call kaggle_shq,$(LIB_SRC)) \
 		--stage $(call kaggle_shq,$(KAGGLE_BUILD)/kaggle-lib) --message $(call kaggle_shq,$(MSG))
 
-push-kernel: $(STAMP) ## Kaggle: push notebooks/<nb>.ipynb as kernel <user>/pixelplay-<nb> [NB=train ACCELERATOR= DATASETS=]
+push-kernel: $(STAMP) ## Kaggle: push notebooks/<nb>.ipynb as kernel <user>/pixelplay-<nb> [NB=train ACCELERATOR= DATASETS= MODELS= DOCKER_IMAGE= PIN=]
 	$(KAGGLE_OPS) push-kernel --nb $(call kaggle_shq,$(NB)) \
 		--notebooks $(call kaggle_shq,$(NOTEBOOKS_DIR)) \
 		--accelerator $(call kaggle_shq,$(ACCELERATOR)) --datasets $(call kaggle_shq,$(DATASETS)) \
+		--models $(call kaggle_shq,$(MODELS)) --docker-image $(call kaggle_shq,$(DOCKER_IMAGE)) \
+		--pin $(call kaggle_shq,$(PIN)) \
 		--stage $(call kaggle_shq,$(KAGGLE_BUILD)/kernel-$(NB)) \
 		$(call kaggle_opt,RESUME_FROM,--resume-from) $(call kaggle_opt,TRAIN_KERNEL,--train-kernel)
 

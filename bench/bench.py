@@ -15,8 +15,8 @@ Rows (images per second, higher is better):
      runtime's AMP and channels-last ("auto": off on CPU).
   c  test-time voting with 7 votes, from the JPEG files to the voted class. Baseline: batch
      size 1, 7 sequential passes per image, full-size decode. Project: test cache build +
-     Views(mode="votes") (central view + 7 votes) + all views of a batch in one pass
-     (train.run_views) + predict.vote.
+     ViewPlan(votes=7) (central view + 7 votes) + all views of a batch in one pass
+     (inference.run_images) + predict.vote.
 On a GPU also: the matmul rate (bf16/fp16), the FLOPs of one training image (counted with
 FlopCounterMode) and training at % of the compute-bound rate.
 
@@ -50,13 +50,19 @@ from torch.utils.data import DataLoader, Dataset
 from pixelplay_lib.config import make_config
 from pixelplay_lib.data import load_challenge
 from pixelplay_lib.demo import write_demo_dataset
+from pixelplay_lib.inference import ViewPlan, classifier_forward, open_images, run_images
 from pixelplay_lib.model import build_model
-from pixelplay_lib.pipeline import EpochBatches, Views, make_loader, open_images, resolve_workers
+from pixelplay_lib.pipeline import EpochBatches, Views, make_loader, resolve_workers
 from pixelplay_lib.runtime import make_runtime
 from pixelplay_lib.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 50
+
+
+def cache_config(folder: Path, workers: int):
+    """A config whose decoded-image cache lives in `folder`, built with `workers` processes."""
+    return make_config(cache_dir=str(folder), num_workers=workers)
 
 
 def say(msg: str) -> None:
@@ -198,10 +204,10 @@ def bench_pipeline(args, ch, rt, workers: int, cache_dir: Path) -> dict:
     # project: cache build, then views in worker processes
     say(f"(a) project: building the decoded cache ({workers} workers)")
     t = time.perf_counter()
-    images = open_images(paths, size, True, cache_dir, workers, "bench cache")
+    images = open_images(paths, size, cache_config(cache_dir, workers), "bench cache")
     build_s = time.perf_counter() - t
     t = time.perf_counter()
-    open_images(paths, size, True, cache_dir, workers, "bench cache")  # reuse: key check only
+    open_images(paths, size, cache_config(cache_dir, workers), "bench cache")  # reuse: key check
     reuse_s = time.perf_counter() - t
     views = Views(images, labels, size, "train", args.seed, 0.7, 30.0,
                   fast_augment=not args.slow_augment)
@@ -313,7 +319,6 @@ def time_steps(step, warm: int, steps: int, batch: int, dev: torch.device) -> di
 # ------------------------------------------------------------------ (c) voting
 def bench_votes(args, ch, rt, net, workers: int, cache_dir: Path) -> dict:
     from pixelplay_lib.predict import vote
-    from pixelplay_lib.train import run_views
 
     files = ch.test_files()
     dev, size, votes = rt.device, args.image_size, args.votes
@@ -345,14 +350,13 @@ def bench_votes(args, ch, rt, net, workers: int, cache_dir: Path) -> dict:
     say(f"(c) project voting: {len(files)} images, {per_pass} images x {votes + 1} views "
         "per pass")
     t = time.perf_counter()
-    images = open_images(files, size, True, cache_dir, workers, "bench test cache")
+    images = open_images(files, size, cache_config(cache_dir, workers), "bench test cache")
     build_s = time.perf_counter() - t
-    views = Views(images, [0] * len(files), size, "votes", args.seed, 0.7, 30.0, votes=votes,
-                  keep_failed=True, fast_augment=not args.slow_augment)
-    loader = make_loader(views, EpochBatches(range(len(files)), per_pass, args.seed), workers,
-                         dev.type == "cuda")
-    result = run_views(net, loader, rt)
-    pred = vote(result["logits"][np.argsort(result["index"])][:, 1:], "hard", seen)
+    plan = ViewPlan(size, votes=votes, seed=args.seed, fast_augment=not args.slow_augment)
+    result = run_images(classifier_forward(net), images, range(len(files)), plan, rt,
+                        batch_images=per_pass, workers=workers, keep={"logits": "all"},
+                        keep_failed=True)
+    pred = vote(result["logits"][:, 1:], "hard", seen)
     sync(dev)
     proj_s = time.perf_counter() - t
     n = len(files)
@@ -528,8 +532,8 @@ def main(argv: list[str] | None = None) -> int:
             samples = ch.train_samples[:args.batch_size]
             tf = baseline_transform(args.image_size)
             batch_f32 = torch.stack([tf(Image.open(p).convert("RGB")) for p, _ in samples])
-            images = open_images([p for p, _ in samples], args.image_size, True,
-                                 work / "batch", 0, "bench batch")
+            images = open_images([p for p, _ in samples], args.image_size,
+                                 cache_config(work / "batch", 0), "bench batch")
             views = Views(images, [0] * len(samples), args.image_size, "train", args.seed)
             batch_u8 = torch.stack([views[(i, 0)][0] for i in range(len(samples))])
             labels = torch.arange(len(samples)) % NUM_CLASSES

@@ -27,15 +27,34 @@
 
 # %%
 # ruff: noqa: E402 (the imports of later cells need this cell first)
+import os
 import sys
 from pathlib import Path
 
-_inputs = Path("/kaggle/input")
-_libs = [p for d in range(1, 5) for p in sorted(_inputs.glob("*/" * d + "pixelplay-*.whl"))]
-_libs += [p.parent.parent for d in range(1, 5)
-          for p in sorted(_inputs.glob("*/" * d + "pixelplay_lib/__init__.py"))]
-if _libs:  # the wheel first (a zip on sys.path), else a folder holding pixelplay_lib/
+
+def _find_pixelplay(root: Path, depth: int = 5) -> list[Path]:
+    """pixelplay-*.whl files, then folders holding pixelplay_lib/, up to `depth` levels below
+    root: datasets/<owner>/<slug>/ (today), <slug>/ (older sessions), notebooks/<owner>/<kernel>/.
+    Never walks the challenge's image folders (train/ and test/ beside classes.txt)."""
+    wheels, folders = [], []
+    for folder, subdirs, files in os.walk(root, followlinks=True):
+        here = Path(folder)
+        wheels += [here / f for f in files if f.startswith("pixelplay-") and f.endswith(".whl")]
+        if (here / "pixelplay_lib" / "__init__.py").is_file():
+            folders.append(here)
+        skip = {"pixelplay_lib"} | ({"train", "test"} if "classes.txt" in files else set())
+        deep = len(here.relative_to(root).parts) >= depth
+        subdirs[:] = [] if deep else sorted(d for d in subdirs if d not in skip)
+    return sorted(wheels) + sorted(folders)
+
+
+# PIXELPLAY_INPUT_ROOT: where Kaggle's inputs are (tests point it at a fake root).
+_inputs = Path(os.environ.get("PIXELPLAY_INPUT_ROOT") or "/kaggle/input")
+_libs = _find_pixelplay(_inputs) if _inputs.is_dir() else []
+if _libs:  # the wheel first (a zip on sys.path: pure Python, no pip), else a folder
     sys.path.insert(0, str(_libs[0]))
+    if len(_libs) > 1:
+        print("several copies of pixelplay found, using the first:", *_libs, sep="\n  ")
 try:
     import pixelplay_lib
 except ImportError:
@@ -51,12 +70,17 @@ output_dir = "/kaggle/working"  # figures go to output_dir/figures
 samples_per_class = 2  # images per class in the sample grid
 seed = 0
 num_workers = 8  # threads decoding images for the size / unreadable-file report
+_declared = set(dir())  # the names above: a papermill parameter not among them stops the run
 
 # %%
+import pixelplay_lib.config  # (binds no new name: the check below sees only parameters)
+
+pixelplay_lib.config.check_parameters(globals(), _declared)
+
 import pandas as pd
 from IPython.display import display
 
-from pixelplay_lib import report
+from pixelplay_lib import analysis, plots
 from pixelplay_lib.data import load_challenge
 
 pd.set_option("display.width", 120)
@@ -67,16 +91,16 @@ print(f"challenge root: {ch.root}")
 # ## Classes: seen vs unseen, imbalance
 
 # %%
-counts = report.class_counts(ch)
-print(report.count_summary(counts))
-report.show(report.plot_class_counts(counts), output_dir, "class_counts")
+counts = analysis.class_counts(ch)
+print(analysis.count_summary(counts))
+plots.show(plots.plot_class_counts(counts), output_dir, "class_counts")
 
 # %% [markdown]
 # ## Samples per class
 
 # %%
-samples = report.pick_samples(ch, samples_per_class, seed)
-report.show(report.plot_image_grid(samples, cols=10), output_dir, "samples")
+samples = analysis.pick_samples(ch, samples_per_class, seed)
+plots.show(plots.plot_image_grid(samples, cols=10), output_dir, "samples")
 
 # %% [markdown]
 # ## Image sizes and unreadable files
@@ -84,16 +108,16 @@ report.show(report.plot_image_grid(samples, cols=10), output_dir, "samples")
 # listed. Training and prediction skip / blank them, but it is good to know they exist.
 
 # %%
-train_stats = report.image_stats([p for p, _ in ch.train_samples], num_workers)
-test_stats = report.image_stats(report.list_test_images(ch), num_workers)
+train_stats = analysis.image_stats([p for p, _ in ch.train_samples], num_workers)
+test_stats = analysis.image_stats(analysis.list_test_images(ch), num_workers)
 for name, stats in (("train", train_stats), ("test", test_stats)):
-    print(name, report.size_summary(stats))
-report.show(report.plot_image_sizes({"train": train_stats, "test": test_stats}),
+    print(name, analysis.size_summary(stats))
+plots.show(plots.plot_image_sizes({"train": train_stats, "test": test_stats}),
                    output_dir, "image_sizes")
 
 # %%
-bad = pd.concat([report.unreadable(train_stats).assign(split="train"),
-                 report.unreadable(test_stats).assign(split="test")], ignore_index=True)
+bad = pd.concat([analysis.unreadable(train_stats).assign(split="train"),
+                 analysis.unreadable(test_stats).assign(split="test")], ignore_index=True)
 print(f"{len(bad)} unreadable file(s)")
 display(bad)
 
@@ -101,9 +125,9 @@ display(bad)
 # ## Test set
 
 # %%
-test_files = report.list_test_images(ch)
+test_files = analysis.list_test_images(ch)
 print(f"{len(test_files)} test images in {ch.test_dir} "
       f"({test_files[0].name if test_files else '-'} ... "
       f"{test_files[-1].name if test_files else '-'})")
-report.show(report.plot_image_grid([(p, p.name) for p in test_files[:20]], cols=10),
+plots.show(plots.plot_image_grid([(p, p.name) for p in test_files[:20]], cols=10),
                    output_dir, "test_samples")

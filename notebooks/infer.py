@@ -29,15 +29,34 @@
 
 # %%
 # ruff: noqa: E402 (the imports of later cells need this cell first)
+import os
 import sys
 from pathlib import Path
 
-_inputs = Path("/kaggle/input")
-_libs = [p for d in range(1, 5) for p in sorted(_inputs.glob("*/" * d + "pixelplay-*.whl"))]
-_libs += [p.parent.parent for d in range(1, 5)
-          for p in sorted(_inputs.glob("*/" * d + "pixelplay_lib/__init__.py"))]
-if _libs:  # the wheel first (a zip on sys.path), else a folder holding pixelplay_lib/
+
+def _find_pixelplay(root: Path, depth: int = 5) -> list[Path]:
+    """pixelplay-*.whl files, then folders holding pixelplay_lib/, up to `depth` levels below
+    root: datasets/<owner>/<slug>/ (today), <slug>/ (older sessions), notebooks/<owner>/<kernel>/.
+    Never walks the challenge's image folders (train/ and test/ beside classes.txt)."""
+    wheels, folders = [], []
+    for folder, subdirs, files in os.walk(root, followlinks=True):
+        here = Path(folder)
+        wheels += [here / f for f in files if f.startswith("pixelplay-") and f.endswith(".whl")]
+        if (here / "pixelplay_lib" / "__init__.py").is_file():
+            folders.append(here)
+        skip = {"pixelplay_lib"} | ({"train", "test"} if "classes.txt" in files else set())
+        deep = len(here.relative_to(root).parts) >= depth
+        subdirs[:] = [] if deep else sorted(d for d in subdirs if d not in skip)
+    return sorted(wheels) + sorted(folders)
+
+
+# PIXELPLAY_INPUT_ROOT: where Kaggle's inputs are (tests point it at a fake root).
+_inputs = Path(os.environ.get("PIXELPLAY_INPUT_ROOT") or "/kaggle/input")
+_libs = _find_pixelplay(_inputs) if _inputs.is_dir() else []
+if _libs:  # the wheel first (a zip on sys.path: pure Python, no pip), else a folder
     sys.path.insert(0, str(_libs[0]))
+    if len(_libs) > 1:
+        print("several copies of pixelplay found, using the first:", *_libs, sep="\n  ")
 try:
     import pixelplay_lib
 except ImportError:
@@ -51,35 +70,69 @@ data_root = ""  # a folder holding the challenge somewhere below; empty: search 
 input_root = "/kaggle/input"  # data, and the train kernel's output with model.pt
 output_dir = "/kaggle/working"  # submission.csv, predict_summary.json, figures
 model_path = ""  # empty: output_dir/model.pt, else the newest model.pt below input_root
-# None: the Config default (tta_votes 7, vote hard, zero_shot auto, zs_gamma auto)
+answers = ""  # an answer key (image_id,class); empty: answer_key.csv beside the data, if any
+n_show = 24  # test images shown with their predicted labels
+# Every Config field (pixelplay_lib/config.py; tests/test_notebooks.py checks none is missing).
+# None: the Config default (tta_votes 7, vote hard, zero_shot auto, zs_gamma auto). The
+# recipe fields (arch, image_size, ...) are read from the trained model, not from here.
+cache_dir = None
+arch = None
+weights = None
+trainable = None
+image_size = None
+crop_scale_min = None
+rotation = None
+cache = None
+fast_augment = None
+batch_size = None
+val_fraction = None
+epochs = None
+lr = None
+momentum = None
+weight_decay = None
+milestones = None
+lr_gamma = None
+seed = None
+num_workers = None
+amp = None
+channels_last = None
+devices = None
+resume = None
+checkpoint_every_minutes = None
+checkpoint_every_steps = None
+time_limit = None
+experts = None
+vl_model = None
+vl_batch_size = None
+vl_flip = None
+prompts = None
+synonyms = None
+transductive = None
 tta_votes = None
 vote = None
 zero_shot = None
 zs_gamma = None
-batch_size = None
-num_workers = None
-devices = None
-amp = None
-seed = None
-answers = ""  # an answer key (image_id,class); empty: answer_key.csv beside the data, if any
-n_show = 24  # test images shown with their predicted labels
+zs_folds = None
+attr_loss = None
+_declared = set(dir())  # the names above: a papermill parameter not among them stops the run
 
 # %%
+import pixelplay_lib.config  # (binds no new name: the check below sees only parameters)
+
+pixelplay_lib.config.check_parameters(globals(), _declared)
+
 import json
 from pathlib import Path
 
-from pixelplay_lib import report
-from pixelplay_lib.config import make_config
+from pixelplay_lib import analysis, plots
 from pixelplay_lib.data import load_challenge
+from pixelplay_lib.locate import find_model
 from pixelplay_lib.predict import predict
 from pixelplay_lib.score import score_submission
 
-model = report.find_model(model_path, output_dir, input_root)
+model = find_model(model_path, output_dir, input_root)
 print(f"model: {model}")
-cfg = make_config(
-    data_root=data_root, input_root=input_root, output_dir=output_dir, model_path=str(model),
-    tta_votes=tta_votes, vote=vote, zero_shot=zero_shot, zs_gamma=zs_gamma,
-    batch_size=batch_size, num_workers=num_workers, devices=devices, amp=amp, seed=seed)
+cfg = pixelplay_lib.config.notebook_config(globals(), _declared, model_path=str(model))
 
 # %% [markdown]
 # ## Predict
@@ -88,36 +141,50 @@ cfg = make_config(
 frame = predict(cfg)
 ch = load_challenge(cfg.data_root, cfg.input_root)
 unseen = [ch.classes[i] for i in ch.unseen]
-print(json.loads((Path(cfg.output_dir) / "predict_summary.json").read_text()))
+summary = json.loads((Path(cfg.output_dir) / "predict_summary.json").read_text())
+print(json.dumps({k: v for k, v in summary.items() if k != "special_package"}, indent=1))
+print(f"sanity: {summary['predicted_unseen_share']:.1%} of the test images predicted as "
+      "classes without training images (about 20% expected on the challenge's test set)")
 frame.head()
 
 # %% [markdown]
 # ## Some test images and their predicted labels (* = a class without training images)
 
 # %%
-items = report.prediction_items(frame, ch.test_dir, unseen, n_show, cfg.seed)
-report.show(report.plot_image_grid(items, cols=8), cfg.output_dir, "test_predictions")
+items = analysis.prediction_items(frame, ch.test_files(), unseen, n_show, cfg.seed)
+plots.show(plots.plot_image_grid(items, cols=8), cfg.output_dir, "test_predictions")
 
 # %% [markdown]
 # ## Class distribution of the predictions
 # About one test image in five belongs to an unseen class in the real test set.
 
 # %%
-counts = report.prediction_counts(frame, ch.classes, unseen)
-print(report.prediction_summary(counts))
-report.show(report.plot_class_counts(counts, "predicted test images per class"),
+counts = analysis.prediction_counts(frame, ch.classes, unseen)
+print(analysis.prediction_summary(counts))
+plots.show(plots.plot_class_counts(counts, "predicted test images per class"),
             cfg.output_dir, "prediction_counts")
+
+# %% [markdown]
+# ## Special-Package: every expert and the fusion on real labelled photos
+
+# %%
+special = analysis.read_special(cfg.output_dir)
+if special is not None:
+    print(special.round(3).to_string())
+    plots.show(plots.plot_special(special), cfg.output_dir, "special_package")
+else:
+    print("no Special-Package scores (no package found, or predict ran without a fusion)")
 
 # %% [markdown]
 # ## Accuracy against an answer key (when there is one)
 
 # %%
-key = answers or report.find_answers(ch.root)
+key = answers or analysis.find_answers(ch.root)
 if key:
     scores = score_submission(Path(cfg.output_dir) / "submission.csv", key, str(ch.root))
     print(f"answer key {key}: {json.dumps(scores)}")
-    per_class = report.per_class_test_accuracy(frame, key, unseen)
-    report.show(report.plot_per_class_accuracy(per_class, "test accuracy per true class"),
+    per_class = analysis.per_class_test_accuracy(frame, key, unseen)
+    plots.show(plots.plot_per_class_accuracy(per_class, "test accuracy per true class"),
                 cfg.output_dir, "test_per_class")
 else:
     print("no answer key (the real test labels are hidden): submit submission.csv to score")

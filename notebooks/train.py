@@ -30,15 +30,34 @@
 
 # %%
 # ruff: noqa: E402 (the imports of later cells need this cell first)
+import os
 import sys
 from pathlib import Path
 
-_inputs = Path("/kaggle/input")
-_libs = [p for d in range(1, 5) for p in sorted(_inputs.glob("*/" * d + "pixelplay-*.whl"))]
-_libs += [p.parent.parent for d in range(1, 5)
-          for p in sorted(_inputs.glob("*/" * d + "pixelplay_lib/__init__.py"))]
-if _libs:  # the wheel first (a zip on sys.path), else a folder holding pixelplay_lib/
+
+def _find_pixelplay(root: Path, depth: int = 5) -> list[Path]:
+    """pixelplay-*.whl files, then folders holding pixelplay_lib/, up to `depth` levels below
+    root: datasets/<owner>/<slug>/ (today), <slug>/ (older sessions), notebooks/<owner>/<kernel>/.
+    Never walks the challenge's image folders (train/ and test/ beside classes.txt)."""
+    wheels, folders = [], []
+    for folder, subdirs, files in os.walk(root, followlinks=True):
+        here = Path(folder)
+        wheels += [here / f for f in files if f.startswith("pixelplay-") and f.endswith(".whl")]
+        if (here / "pixelplay_lib" / "__init__.py").is_file():
+            folders.append(here)
+        skip = {"pixelplay_lib"} | ({"train", "test"} if "classes.txt" in files else set())
+        deep = len(here.relative_to(root).parts) >= depth
+        subdirs[:] = [] if deep else sorted(d for d in subdirs if d not in skip)
+    return sorted(wheels) + sorted(folders)
+
+
+# PIXELPLAY_INPUT_ROOT: where Kaggle's inputs are (tests point it at a fake root).
+_inputs = Path(os.environ.get("PIXELPLAY_INPUT_ROOT") or "/kaggle/input")
+_libs = _find_pixelplay(_inputs) if _inputs.is_dir() else []
+if _libs:  # the wheel first (a zip on sys.path: pure Python, no pip), else a folder
     sys.path.insert(0, str(_libs[0]))
+    if len(_libs) > 1:
+        print("several copies of pixelplay found, using the first:", *_libs, sep="\n  ")
 try:
     import pixelplay_lib
 except ImportError:
@@ -52,42 +71,62 @@ preset = ""  # empty: the baseline recipe (ResNet101, ImageNet weights); demo: s
 data_root = ""  # a folder holding the challenge somewhere below; empty: search input_root
 input_root = "/kaggle/input"  # data, pretrained weights, earlier runs' checkpoints
 output_dir = "/kaggle/working"  # model, checkpoints, metrics.jsonl, figures
-# None: the value of the preset (or the Config default); see pixelplay_lib/config.py
+# Every Config field (pixelplay_lib/config.py; tests/test_notebooks.py checks none is missing).
+# None: the value of the preset (or the Config default).
+cache_dir = None
 arch = None
 weights = None
 trainable = None
 image_size = None
+crop_scale_min = None
+rotation = None
+cache = None
+fast_augment = None
 batch_size = None
+val_fraction = None
 epochs = None
 lr = None
 momentum = None
 weight_decay = None
 milestones = None
-val_fraction = None
+lr_gamma = None
 seed = None
 num_workers = None
-devices = None
 amp = None
+channels_last = None
+devices = None
 resume = None
-time_limit = None
 checkpoint_every_minutes = None
+checkpoint_every_steps = None
+time_limit = None
+experts = None
+vl_model = None
+vl_batch_size = None
+vl_flip = None
+prompts = None
+synonyms = None
+transductive = None
+tta_votes = None
+vote = None
 zero_shot = None
 zs_gamma = None
+zs_folds = None
+attr_loss = None
+model_path = None
+_declared = set(dir())  # the names above: a papermill parameter not among them stops the run
 
 # %%
+import pixelplay_lib.config  # (binds no new name: the check below sees only parameters)
+
+pixelplay_lib.config.check_parameters(globals(), _declared)
+cfg = pixelplay_lib.config.notebook_config(globals(), _declared)
+
 import json
+from pathlib import Path
 
-from pixelplay_lib import report
-from pixelplay_lib.config import make_config
-from pixelplay_lib.distributed import launch_train
+from pixelplay_lib import analysis, plots
+from pixelplay_lib.train import launch_train
 
-cfg = make_config(preset,
-    data_root=data_root, input_root=input_root, output_dir=output_dir, arch=arch,
-    weights=weights, trainable=trainable, image_size=image_size, batch_size=batch_size,
-    epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, milestones=milestones,
-    val_fraction=val_fraction, seed=seed, num_workers=num_workers, devices=devices, amp=amp,
-    resume=resume, time_limit=time_limit, checkpoint_every_minutes=checkpoint_every_minutes,
-    zero_shot=zero_shot, zs_gamma=zs_gamma)
 print(json.dumps(cfg.to_dict(), indent=1))
 
 # %% [markdown]
@@ -102,45 +141,61 @@ if not done:
           "kernel's output attached as an input) to resume. Figures below need a model.")
 
 # %% [markdown]
-# ## Loss and accuracy per epoch
+# ## Loss and accuracy per epoch (when a network was fine-tuned)
 
 # %%
-metrics = report.read_metrics(cfg.output_dir)
-print(metrics.to_string(index=False))
-report.show(report.plot_curves(metrics), cfg.output_dir, "curves")
+trained_network = done and (Path(cfg.output_dir) / "metrics.jsonl").is_file()
+if trained_network:
+    metrics = analysis.read_metrics(cfg.output_dir)
+    print(metrics.to_string(index=False))
+    plots.show(plots.plot_curves(metrics), cfg.output_dir, "curves")
 
 # %% [markdown]
 # ## Validation: confusion matrix and per-class accuracy
-# The final model on its validation split, one central view per image, argmax over the
+# The final network on its validation split, one central view per image, argmax over the
 # seen classes.
 
 # %%
-if done and cfg.val_fraction > 0:
-    val = report.validation_report(cfg)
+if trained_network and cfg.val_fraction > 0:
+    val = analysis.validation_report(cfg)
     print(f"validation accuracy {val['accuracy']:.4f} on {val['images']} images")
     val["per_class"].to_csv(f"{cfg.output_dir}/val_per_class.csv", index=False)
-    report.show(report.plot_confusion(val["confusion"], val["classes"]), cfg.output_dir,
-                "confusion")
-    report.show(report.plot_per_class_accuracy(val["per_class"], "validation accuracy"),
-                cfg.output_dir, "val_per_class")
+    plots.show(plots.plot_confusion(val["confusion"], val["classes"]), cfg.output_dir,
+               "confusion")
+    plots.show(plots.plot_per_class_accuracy(val["per_class"], "validation accuracy"),
+               cfg.output_dir, "val_per_class")
 
 # %% [markdown]
-# ## Zero-shot protocol
-# Seen classes take turns playing unseen (leave-classes-out folds): u = their accuracy,
-# s = the other seen classes' accuracy, H = harmonic mean, against the calibration offset
-# gamma. The gamma with the best expected test accuracy (0.8 s + 0.2 u: a fifth of the
-# classes are unseen) is used for the 10 truly unseen classes at prediction time.
+# ## The fusion of the experts: leave-classes-out protocol
+# Seen classes take turns playing unseen (folds): fitted experts are refitted without them,
+# and the validation images of all seen classes are classified among the seen classes.
+# u = accuracy on the pseudo-unseen classes, s = on the others, H = harmonic mean,
+# acc = the expected test accuracy 0.8 s + 0.2 u (a fifth of the classes are unseen). The
+# weights and the offset gamma with the best acc are what predict uses. The text and
+# ImageNet experts never trained on any class, so their u is an honest estimate; the
+# attribute model's backbone saw every seen class, so its u is optimistic.
 
 # %%
-zs = report.read_zeroshot(cfg.output_dir)
-if zs and zs.get("untuned"):
-    print("zero-shot head fitted with untuned defaults (no validation images to tune on)")
-elif zs:
-    print(f"u {zs['u']:.3f}  s {zs['s']:.3f}  H {zs['H']:.3f}  expected accuracy "
-          f"{zs['acc']:.3f} at gamma {zs['gamma']} (gamma 0: u {zs['gamma0']['u']:.3f} "
-          f"s {zs['gamma0']['s']:.3f} H {zs['gamma0']['H']:.3f}; never unseen: accuracy "
-          f"{zs['never_unseen']['acc']:.3f}); attributes: {zs.get('attributes')}")
-    report.show(report.plot_zeroshot(zs), cfg.output_dir, "zeroshot")
+fusion_report = analysis.read_fusion(cfg.output_dir)
+if fusion_report and fusion_report.get("untuned"):
+    print("fusion untuned (no validation images): every expert weighs 1, gamma 0")
+elif fusion_report:
+    table = analysis.fusion_table(fusion_report)
+    print(table.round(3).to_string())
+    plots.show(plots.plot_fusion(fusion_report, table), cfg.output_dir, "fusion")
 else:
-    print("no zeroshot.json: zero_shot was off, no class lacks training images, or the "
-          "run has not finished")
+    print("no fusion.json: zero_shot was off, no class lacks training images, or the run "
+          "has not finished")
+
+# %% [markdown]
+# ## Special-Package: real labelled photos, never trained on
+# The only real-photo check before submitting (absent from the demo data's package
+# when it holds no labels.txt).
+
+# %%
+special = analysis.read_special(cfg.output_dir)
+if special is not None:
+    print(special.round(3).to_string())
+    plots.show(plots.plot_special(special), cfg.output_dir, "special_package")
+else:
+    print("no special_scores.csv: no Special-Package found (see the training log)")

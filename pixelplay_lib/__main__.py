@@ -8,21 +8,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .config import PRESETS, Config, make_config, parse_bool
+from .config import PRESETS, Config, make_config
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    hints = typing.get_type_hints(Config)
+    # Values stay text here: Config converts them (config.coerce_value), so the CLI, papermill
+    # and JSON accept the same spellings and a bad one gets the same message naming the field.
     for f in fields(Config):
-        convert = {int: int, float: float, bool: parse_bool}.get(hints[f.name], str)
         default = f.default if f.default is not MISSING else None
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         # SUPPRESS: only flags given on the command line override presets / saved configs.
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=convert,
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name,
                             default=argparse.SUPPRESS, help=f"(default: {shown})")
     parser.add_argument("--preset", default="", choices=list(PRESETS),
                         help="start from a named set of defaults (demo: small CPU recipe)")
@@ -34,9 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in (("train", "train (or resume) a model into --output-dir"),
                        ("predict", "vote on the test images; writes submission.csv")):
         add_config_flags(sub.add_parser(name, help=text))
-    score = sub.add_parser("score", help="accuracy of a submission against an answer key")
+    score = sub.add_parser("score", help="accuracy of a submission against an answer key, "
+                           "and of every expert on the Special-Package photos")
     score.add_argument("--submission", required=True)
-    score.add_argument("--answers", required=True)
+    score.add_argument("--answers", default="", help="image_id,class of the test images "
+                       "(the demo data's answer_key.csv); empty: Special-Package scores only")
     score.add_argument("--data-root", default="", help="to split seen / unseen classes")
     score.add_argument("--input-root", default="/kaggle/input")
     demo = sub.add_parser("demo-data", help="write the generated demo dataset")
@@ -49,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     command = args.pop("command")
 
     from .data import DataError
+    from .imagetext import ModelNotFound
     from .model import WeightsUnavailable
+    from .runtime import UnsupportedGPU
     from .train import ConfigMismatch
 
     try:
@@ -70,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                 predict(cfg)
             return 0
         if command == "score":
-            from .score import score_submission
+            from .score import score
 
-            print(json.dumps(score_submission(**args), indent=2))
+            print(json.dumps(score(**args), indent=2))
             return 0
         from .demo import write_demo_dataset
 
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                                   n_test=args["n_test"], seed=args["seed"])
         print(f"demo data written: {root} (answer key: {Path(args['out']) / 'answer_key.csv'})")
         return 0
-    except (DataError, WeightsUnavailable, ConfigMismatch, FileNotFoundError, ValueError) as e:
+    except (DataError, WeightsUnavailable, ConfigMismatch, ModelNotFound, UnsupportedGPU,
+            FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -63,11 +63,12 @@ def checkpoint_name(epoch: int, step: int) -> str:
 
 
 def save_checkpoint(folder: str | Path, payload: dict[str, Any], epoch: int, step: int) -> Path:
-    """Write a new checkpoint, then drop all but the KEEP newest."""
+    """Write a new checkpoint, then drop all but the KEEP newest of this folder's own
+    (never those of runs in sub-folders or elsewhere)."""
     folder = Path(folder)
     path = folder / checkpoint_name(epoch, step)
     atomic_torch_save(payload, path)
-    for old in list_checkpoints([folder])[KEEP:]:
+    for old in list_checkpoints(folder)[KEEP:]:
         old.unlink(missing_ok=True)
     return path
 
@@ -77,54 +78,25 @@ def progress_of(path: Path) -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
 
 
-def list_checkpoints(folders: Iterable[str | Path]) -> list[Path]:
-    """Checkpoint files in `folders` (searched recursively), newest progress first."""
-    found = []
-    for folder in folders:
-        folder = Path(folder)
-        if folder.is_dir():
-            found += [p for p in folder.rglob("ckpt-e*-s*.pt") if CKPT_RE.match(p.name)]
-    return sorted(found, key=lambda p: (progress_of(p), str(p)), reverse=True)
+def list_checkpoints(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Checkpoint files in `folder` (and its sub-folders when recursive), newest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = folder.rglob("ckpt-e*-s*.pt") if recursive else folder.glob("ckpt-e*-s*.pt")
+    return sorted((p for p in found if CKPT_RE.match(p.name)),
+                  key=lambda p: (progress_of(p), str(p)), reverse=True)
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_newest(folders: Iterable[str | Path]) -> tuple[dict[str, Any], Path] | None:
-    """The newest checkpoint that loads; unreadable ones are skipped with a warning."""
-    for path in list_checkpoints(folders):
+def load_newest(paths: Iterable[Path]) -> tuple[dict[str, Any], Path] | None:
+    """The first of `paths` that loads; unreadable ones are skipped with a warning."""
+    for path in paths:
         try:
             return load_file(path), path
         except Exception as e:
             log.warning("skipping unreadable checkpoint %s (%s: %s)", path, type(e).__name__, e)
     return None
-
-
-def rng_states() -> dict[str, Any]:
-    import random
-
-    import numpy as np
-
-    np_state = np.random.get_state()
-    return {
-        "python": list(random.getstate()[1]),
-        "python_gauss": random.getstate()[2],
-        "numpy": torch.from_numpy(np_state[1].astype("int64")),
-        "numpy_pos": int(np_state[2]),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def restore_rng_states(state: dict[str, Any]) -> None:
-    import random
-
-    import numpy as np
-
-    random.setstate((3, tuple(int(v) for v in state["python"]), state["python_gauss"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype("uint32"),
-                         state["numpy_pos"], 0, 0.0))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

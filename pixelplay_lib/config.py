@@ -7,12 +7,15 @@ baseline recipe of the original ResNet101 notebook (see README, "Baseline").
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import logging
 import typing
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("pixelplay")
 
 
 @dataclass
@@ -33,7 +36,7 @@ class Config:
     cache: bool = True  # decode every image once into a resized uint8 cache
     fast_augment: bool = True  # uint8 resize + one-gather flip/rotate (False: torchvision ops)
     # -- optimisation (baseline: SGD 0.001, MultiStepLR [16, 21] x0.9, 25 epochs of 16)
-    batch_size: int = 16  # per device; the global batch is batch_size x devices
+    batch_size: int = 16  # the GLOBAL batch, split over all devices (must divide evenly)
     val_fraction: float = 0.15
     epochs: int = 25
     lr: float = 0.001
@@ -52,6 +55,14 @@ class Config:
     checkpoint_every_minutes: float = 10.0  # mid-epoch checkpoints; 0 = off
     checkpoint_every_steps: int = 0  # mid-epoch checkpoints every N steps; 0 = off
     time_limit: float = 690.0  # minutes; stop cleanly before it (Kaggle sessions: 12 h)
+    # -- experts and fusion (vision-language path; README "Accuracy")
+    experts: str = "auto"  # comma list of resnet, attributes, imagenet, text, probe; auto = all
+    vl_model: str = "google/siglip2-so400m-patch16-256"  # image-text model: hub id | folder | ""
+    vl_batch_size: int = 64  # images per forward pass of the image-text model
+    vl_flip: bool = True  # average the embedding of each image and its mirror
+    prompts: str = ""  # prompt templates file, one per line with {}; "" = bundled
+    synonyms: str = ""  # class synonyms file (name<TAB>synonym); "" = bundled, "none" = names
+    transductive: str = "auto"  # auto (kept when the protocol shows a gain) | on | off
     # -- prediction
     tta_votes: int = 7  # augmented views per test image
     vote: str = "hard"  # hard (majority of argmax, the baseline) | soft (mean probability)
@@ -70,10 +81,13 @@ class Config:
             problems.append(f"batch_size={self.batch_size} (need >= 1)")
         if not 0 <= self.val_fraction < 1:
             problems.append(f"val_fraction={self.val_fraction} (need 0 <= x < 1)")
+        if self.vl_batch_size < 1:
+            problems.append(f"vl_batch_size={self.vl_batch_size} (need >= 1)")
         if self.tta_votes < 1:
             problems.append(f"tta_votes={self.tta_votes} (need >= 1)")
         choices = {"vote": ("hard", "soft"), "zero_shot": ("auto", "on", "off"),
-                   "amp": ("auto", "off", "fp16", "bf16"), "channels_last": ("auto", "on", "off")}
+                   "amp": ("auto", "off", "fp16", "bf16"), "channels_last": ("auto", "on", "off"),
+                   "transductive": ("auto", "on", "off")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 problems.append(f"{name}={getattr(self, name)!r} (one of {', '.join(allowed)})")
@@ -114,12 +128,38 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+INT_TUPLE_FORMS = "16,21 or 16 21 or [16, 21] or (16, 21) or one integer"
+
+
 def parse_int_tuple(value: Any) -> tuple[int, ...]:
+    """A tuple of ints from the spellings users type (CLI, papermill `-p`, JSON):
+    `16,21`, `16 21`, `[16, 21]`, `(16, 21)`, `16`, a list/tuple, an int. Raises ValueError
+    (without the field name: coerce_types adds it) for anything else."""
+    if isinstance(value, bool):
+        raise ValueError("not a list of integers")
     if isinstance(value, int | float):
-        return (int(value),)
+        value = [value]
+    elif isinstance(value, str):
+        value = value.strip().removeprefix("[").removeprefix("(")
+        value = value.removesuffix("]").removesuffix(")")
+        value = [v for v in value.replace(",", " ").split()]
+    elif not isinstance(value, list | tuple):
+        raise ValueError(f"not a list of integers ({type(value).__name__})")
+    return tuple(parse_int(v) for v in value)
+
+
+def parse_int(value: Any) -> int:
+    """An int from 16, 16.0, "16" or "16.0"; ValueError for 16.5, "x", True."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is no integer")
     if isinstance(value, str):
-        value = [v for v in value.replace(" ", ",").split(",") if v]
-    return tuple(int(v) for v in value)
+        try:
+            return int(value.strip())
+        except ValueError:
+            value = float(value)  # "16.0", "1e3"; raises for anything else
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"{value!r} is not a whole number")
+    return int(value)
 
 
 def parse_bool(value: Any) -> bool:
@@ -128,24 +168,48 @@ def parse_bool(value: Any) -> bool:
         if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             raise ValueError(f"expected true/false, got {value!r}")
         return text in ("1", "true", "yes", "on")
-    return bool(value)
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true/false, got {value!r}")
+    return value
+
+
+def parse_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is no number")
+    return float(value)
+
+
+# Per declared type: the parser and the forms it accepts (for error messages).
+PARSERS: dict[Any, tuple[Any, str]] = {
+    bool: (parse_bool, "true/false, yes/no, on/off or 1/0"),
+    int: (parse_int, "an integer, e.g. 16"),
+    float: (parse_float, "a number, e.g. 0.5 or 1e-3"),
+    str: (str, "text"),
+    tuple[int, ...]: (parse_int_tuple, INT_TUPLE_FORMS),
+}
+
+
+def coerce_value(name: str, value: Any) -> Any:
+    """`value` given for Config field `name`, converted to the field's declared type.
+    papermill's `-p` and JSON guess types (`-p devices 1` is an int, `-p milestones 16` an
+    int, `-p cache false` a string, `-p milestones "[16, 21]"` a string or a list).
+    Raises ValueError naming the field, the value and the accepted forms."""
+    kind = typing.get_type_hints(Config)[name]
+    # A field of a type without a parser here is taken as given (checked where it is used).
+    parse, forms = PARSERS.get(kind, (lambda v: v, ""))
+    try:
+        return parse(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}={value!r} is not valid ({e}); accepted: {forms}") from None
 
 
 def coerce_types(cfg: Config) -> None:
-    """Give every field its declared type. papermill's `-p` and JSON guess types
-    (`-p devices 1` is an int, `-p milestones 16` an int, `-p cache false` a string)."""
-    hints = typing.get_type_hints(Config)
+    """Give every field its declared type (coerce_value); raises ValueError naming the
+    field on the first value that cannot be converted."""
     for f in fields(cfg):
-        value, kind = getattr(cfg, f.name), hints[f.name]
-        if kind is bool:
-            value = parse_bool(value)
-        elif kind in (int, float, str):
-            if kind is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError(f"{f.name}={value} is not an integer")
-            value = kind(value)
-        else:
-            value = parse_int_tuple(value)
-        setattr(cfg, f.name, value)
+        setattr(cfg, f.name, coerce_value(f.name, getattr(cfg, f.name)))
 
 
 def make_config(preset: str = "", **overrides: Any) -> Config:
@@ -157,7 +221,22 @@ def make_config(preset: str = "", **overrides: Any) -> Config:
     if unknown:
         raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
     values = {**PRESETS.get(preset, {}), **{k: v for k, v in overrides.items() if v is not None}}
-    return Config(**values)
+    cfg = Config(**values)
+    warn_frozen_random(cfg)
+    return cfg
+
+
+def warn_frozen_random(cfg: Config) -> None:
+    """Warn when blocks stay frozen at random initialisation (weights=none, trainable not
+    "all"): the head then learns on frozen random features (20% where the whole network
+    trained from scratch reached 85%). A warning, not an error: a deliberate probe of random
+    features stays possible, and saved configs of such runs still load."""
+    blocks = {t.strip() for t in cfg.trainable.split(",")}
+    if cfg.weights == "none" and "all" not in blocks:
+        log.warning("WARNING: weights=none with trainable=%r: the frozen blocks keep their "
+                    "RANDOM initial weights and only %s learns. Train the whole network with "
+                    "--trainable all (papermill: -p trainable all), or use pretrained weights "
+                    "(--weights imagenet or a .pth file).", cfg.trainable, cfg.trainable)
 
 
 def config_from_saved(saved: dict[str, Any], **overrides: Any) -> Config:
@@ -172,5 +251,36 @@ def fingerprint(cfg: Config) -> dict[str, Any]:
     return {name: cfg.to_dict()[name] for name in RESULT_FIELDS}
 
 
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(Config)]
+def check_parameters(namespace: dict[str, Any], declared: Collection[str]) -> None:
+    """Stop a notebook run that was given a parameter its parameters cell does not declare.
+
+    namespace: the notebook's globals() right after papermill's injected-parameters cell
+    (call this first thing in the next cell); declared: the names defined when the
+    parameters cell ended (its last line is `_declared = set(dir())`). papermill only logs
+    "Passed unknown parameter" and runs on with the default, so a typo (`-p lr_gamm 0.5`)
+    would be lost. Raises ValueError naming the unknown parameter(s) and the known ones.
+    """
+    unknown = sorted(n for n in namespace if n not in declared and not n.startswith("_"))
+    if unknown:
+        known = sorted(n for n in declared if n in _parameter_names(namespace, declared))
+        raise ValueError(f"unknown notebook parameter(s): {', '.join(unknown)}. This "
+                         f"notebook's parameters: {', '.join(known)}")
+
+
+def _parameter_names(namespace: dict[str, Any], declared: Collection[str]) -> set[str]:
+    # The parameters cell's names: plain values (not modules, functions or classes).
+    return {n for n in declared if not n.startswith("_") and n not in ("In", "Out")
+            and n in namespace
+            and isinstance(namespace[n], str | int | float | bool | list | tuple | type(None))}
+
+
+def notebook_config(namespace: dict[str, Any], declared: Collection[str], **overrides: Any
+                    ) -> Config:
+    """The Config of a notebook run: every declared parameter that is a Config field and not
+    None (None: the preset's value, else the default) on top of the `preset` parameter (if
+    declared), then `overrides`. Generic: a Config field added later needs only its line in
+    the parameters cell (tests/test_notebooks.py fails while one is missing).
+    Raises ValueError for unknown presets and values that cannot be converted."""
+    known = {f.name for f in fields(Config)}
+    values = {n: namespace[n] for n in declared if n in known and n in namespace}
+    return make_config(namespace.get("preset", "") or "", **{**values, **overrides})

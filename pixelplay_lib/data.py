@@ -4,14 +4,22 @@ Facts this module relies on (README, "The data"): the challenge root holds `clas
 (50 AwA2 names, possibly numbered and with stray spaces), `train/<class>/*.jpg` for the
 seen classes and a flat `test/`. Kaggle has mounted competitions at different depths over
 the years, so the root is found by searching, never by one hard-coded path.
+
+Real-world inputs: every regular file that is not OS litter (`is_junk`, the one rule) is
+data, whatever its name or extension, at any depth below a class folder; text files are
+read through `read_text_file` (BOMs, UTF-16, Windows-1252, CRLF). File names that are not
+valid UTF-8 stay surrogate-escaped `str` (Python's file-system encoding) end to end.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import random
 from collections import defaultdict
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,8 +29,18 @@ from PIL import Image, ImageFile, ImageOps
 
 log = logging.getLogger("pixelplay")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# Only used to say which files have an unusual name: every file is decoded by content.
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif",
+                  ".tiff", ".mpo"}
+# Litter that operating systems and tools leave beside data (never images): compared in
+# lower case. Names starting with "." (".DS_Store", macOS "._x" resource forks, editors'
+# swap files) are junk too.
+JUNK_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
+JUNK_FOLDERS = {"__macosx", ".ipynb_checkpoints", "$recycle.bin", "@eadir"}
 SEARCH_DEPTH = 6
+# (byte-order mark, codec), longest first: the UTF-32 LE mark starts with the UTF-16 LE one.
+TEXT_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+             (b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
 # Truncated JPEGs must fail loudly (and be skipped), not decode as half-grey pictures.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -35,26 +53,40 @@ class DataError(RuntimeError):
 class Challenge:
     root: Path
     classes: list[str]  # index = position in classes.txt
-    train_samples: list[tuple[Path, int]]  # (image, class index), seen classes only
-    seen: list[int] = field(default_factory=list)  # class indices with a train folder
-    unseen: list[int] = field(default_factory=list)  # listed in classes.txt, no folder
+    train_samples: list[tuple[Path, int]]  # (file, class index): every data file of a class
+    seen: list[int] = field(default_factory=list)  # class indices with training files
+    unseen: list[int] = field(default_factory=list)  # listed in classes.txt, no training file
+    unseen_reasons: dict[int, str] = field(default_factory=dict)  # unseen class -> why
+    ignored: dict[Path, str] = field(default_factory=dict)  # train/ data files not used -> why
 
     @property
     def test_dir(self) -> Path:
         return self.root / "test"
 
     def test_files(self) -> list[Path]:
-        """The test images, sorted by name. Stops with a clear message if test/ is missing."""
+        """Every regular, non-junk file of test/ (or of test/test/ when test/ holds only that
+        folder), sorted by name. Each one is a test image whatever its extension (decoded by
+        content; an undecodable one still gets its submission row).
+
+        Raises DataError naming the folder when test/ is missing or holds no file.
+        """
         if not self.test_dir.is_dir():
             raise DataError(f"no test folder: {self.test_dir} does not exist")
         folder = self.test_dir
-        files = sorted(p for p in folder.iterdir() if is_image_file(p))
-        subdirs = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        files, subdirs = list_folder(folder)
         if not files and len(subdirs) == 1:  # some re-uploads nest it: test/test/*.jpg
             folder = subdirs[0]
-            files = sorted(p for p in folder.iterdir() if is_image_file(p))
+            files, subdirs = list_folder(folder)
         if not files:
-            raise DataError(f"the test folder {folder} holds no image files")
+            raise DataError(f"the test folder {folder} holds no files")
+        if subdirs:
+            log.warning("test folder %s: subfolder(s) %s ignored (test images are the files "
+                        "directly in it)", folder, ", ".join(d.name for d in subdirs))
+        unusual = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+        if unusual:
+            log.info("%d test file(s) without an image extension, decoded by content: %s",
+                     len(unusual), ", ".join(unusual[:10]) + (" ..." if len(unusual) > 10
+                                                               else ""))
         return files
 
     def sample_submission(self) -> Path | None:
@@ -65,11 +97,91 @@ class Challenge:
                 return candidate
         return None
 
+    def classes_without_readable_files(self, unreadable: Collection[Path]) -> dict[int, str]:
+        """Seen classes all of whose training files are in `unreadable` (they train on
+        nothing, so they are effectively unseen): class index -> reason. Logs a warning per
+        class. Call it once the unreadable files are known (after decoding)."""
+        bad = set(unreadable)
+        files: dict[int, list[Path]] = defaultdict(list)
+        for path, label in self.train_samples:
+            files[label].append(path)
+        lost = {label: f"its {len(paths)} file(s) in train/ are all unreadable"
+                for label, paths in files.items() if all(p in bad for p in paths)}
+        for label, reason in sorted(lost.items()):
+            log.warning("class %s has no training images: %s", self.classes[label], reason)
+        return lost
 
-def is_image_file(path: Path) -> bool:
-    """By name only: hidden files, Thumbs.db and other non-images are ignored."""
-    return (path.is_file() and not path.name.startswith(".")
-            and path.suffix.lower() in IMAGE_SUFFIXES)
+
+def is_junk(path: Path) -> bool:
+    """True for operating-system and tool litter that is never data, file or folder: names
+    starting with "." (.DS_Store, macOS "._x" resource forks), Thumbs.db, desktop.ini, and
+    the folders __MACOSX/ and .ipynb_checkpoints/ (the one junk rule of the project)."""
+    name = path.name.lower()
+    return name.startswith(".") or name in JUNK_FILES or name in JUNK_FOLDERS
+
+
+def is_data_file(path: Path) -> bool:
+    """A regular file (or a link to one) that is not junk: a candidate image, whatever its
+    extension (`.jfif`, `.JPG_large`, none); decoding decides whether it is one."""
+    return path.is_file() and not is_junk(path)
+
+
+def list_folder(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(data files, non-junk subfolders) directly inside `folder`, each sorted by name.
+    Sockets, pipes and broken links are neither."""
+    entries = sorted(folder.iterdir())
+    return ([p for p in entries if is_data_file(p)],
+            [p for p in entries if p.is_dir() and not is_junk(p)])
+
+
+def walk_data_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(data files at any depth below `folder`, the non-junk subfolders that hold some),
+    sorted; junk folders (__MACOSX/, .ipynb_checkpoints/, hidden) are not entered."""
+    files, nested = [], []
+    for here, subdirs, names in os.walk(folder):
+        subdirs[:] = sorted(d for d in subdirs if not is_junk(Path(d)))
+        found = [Path(here) / n for n in names if is_data_file(Path(here) / n)]
+        if found and Path(here) != folder:
+            nested.append(Path(here))
+        files += found
+    return sorted(files), sorted(nested)
+
+
+def read_text_file(path: Path) -> str:
+    """The text of a small text file (classes.txt, predicates.txt, predicate matrices,
+    labels.txt-style lists) as editors save it, with "\\n" line ends and no byte-order mark.
+
+    Accepted: UTF-8 with or without BOM, UTF-16 LE/BE and UTF-32 with BOM (Windows Notepad's
+    "Unicode"), Windows-1252 (old "ANSI" saves) as fallback; CRLF and CR line ends.
+    Raises DataError naming the file when it is missing or cannot be decoded (binary, or
+    UTF-16 without a BOM), with the encoding to save it in (UTF-8).
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    fix = "save it as UTF-8 (e.g. Notepad: Save as -> Encoding: UTF-8) and run again"
+    codec = next((c for bom, c in TEXT_BOMS if data.startswith(bom)), None)
+    if codec:
+        try:
+            text = data.decode(codec).lstrip("\ufeff")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path} starts with a {codec} byte-order mark but is not valid "
+                            f"{codec} ({e.reason} at byte {e.start}); {fix}") from e
+    elif b"\x00" in data:
+        raise DataError(f"{path} holds NUL bytes: UTF-16 without a byte-order mark, or not a "
+                        f"text file; {fix}")
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            try:
+                text = data.decode("cp1252")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path} is neither UTF-8 nor Windows-1252 text (byte "
+                                f"0x{data[e.start]:02x} at {e.start}); {fix}") from e
+            log.info("%s is not UTF-8: read as Windows-1252", path)
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def find_challenge_root(data_root: str | Path = "", input_root: str | Path = "/kaggle/input"
@@ -102,17 +214,21 @@ def find_challenge_root(data_root: str | Path = "", input_root: str | Path = "/k
 
 
 def read_classes(path: Path) -> list[str]:
-    """classes.txt: one name a line, optionally numbered (`     1\\tantelope`)."""
+    """classes.txt: one name a line, optionally numbered (`     1\\tantelope`, `1. antelope`),
+    in any encoding read_text_file accepts. Names come back exactly: BOM, numbering, stray
+    and non-breaking spaces removed. Raises DataError (naming the file) when it is missing,
+    undecodable, empty or repeats a name."""
     if not path.is_file():
         raise DataError(f"missing class list: {path}")
     names = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) >= 2 and parts[0].isdigit():
+    for line in read_text_file(path).splitlines():
+        # str.split() also splits on non-breaking and other Unicode spaces; a BOM in the
+        # middle (two files pasted together) is no letter either.
+        parts = line.replace("\ufeff", "").split()
+        if len(parts) >= 2 and parts[0].rstrip(".):").isdigit():
             parts = parts[1:]
-        names.append(" ".join(parts))
+        if parts:
+            names.append(" ".join(parts))
     if not names:
         raise DataError(f"class list {path} is empty")
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -123,29 +239,47 @@ def read_classes(path: Path) -> list[str]:
 
 def load_challenge(data_root: str | Path = "", input_root: str | Path = "/kaggle/input"
                    ) -> Challenge:
+    """The challenge found below data_root (or input_root): classes, training files by class
+    (every data file at any depth below train/<class>/), seen / unseen classes.
+
+    Logs nested class folders, files of train/ outside any class folder (Challenge.ignored)
+    and why each unseen class has no training files. Raises DataError naming the folder or
+    file when the layout is wrong (no train folder, a folder that is no listed class, ...).
+    """
     root = find_challenge_root(data_root, input_root)
     classes = read_classes(root / "classes.txt")
     index = {canonical(name): i for i, name in enumerate(classes)}
     train_dir = root / "train"
-    folders = sorted(p for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose, folders = list_folder(train_dir)
     strangers = [p for p in folders if canonical(p.name) not in index]
     if strangers:
         raise DataError(f"train folder {strangers[0]} is not a class listed in "
                         f"{root / 'classes.txt'}" + (f" (and {len(strangers) - 1} more)"
                                                      if len(strangers) > 1 else ""))
+    ignored = {p: "not inside a class folder of train/" for p in loose}
+    for path in loose:
+        log.warning("%s is not inside a class folder of train/: not used", path)
     samples = []
-    seen = set()
+    found: dict[int, Path] = {}
     for folder in folders:
         label = index[canonical(folder.name)]
-        images = sorted(p for p in folder.iterdir() if is_image_file(p))
-        if images:
-            seen.add(label)
-        samples += [(p, label) for p in images]
+        files, nested = walk_data_files(folder)
+        if nested:
+            log.info("class %s: %d file(s) in nested folder(s) %s count for it", classes[label],
+                     sum(1 for f in files if f.parent != folder),
+                     ", ".join(str(d.relative_to(train_dir)) for d in nested))
+        found[label] = folder
+        samples += [(p, label) for p in files]
     if not samples:
         raise DataError(f"no training images under {train_dir}")
-    seen_list = sorted(seen)
-    unseen = [i for i in range(len(classes)) if i not in seen]
-    return Challenge(root, classes, samples, seen_list, unseen)
+    seen = sorted({label for _, label in samples})
+    reasons = {i: (f"its folder {found[i]} holds no data files" if i in found
+                   else f"train/ has no folder {classes[i]}")
+               for i in range(len(classes)) if i not in seen}
+    if reasons:
+        log.info("%d unseen class(es), without training images (zero-shot classes): "
+                 "%s", len(reasons), "; ".join(f"{classes[i]}: {r}" for i, r in reasons.items()))
+    return Challenge(root, classes, samples, seen, sorted(reasons), reasons, ignored)
 
 
 def canonical(name: str) -> str:
@@ -177,14 +311,37 @@ def split_train_val(samples: list[tuple[Path, int]], val_fraction: float, seed: 
     return sorted(train), sorted(val)
 
 
-def load_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
-    """Open any image as upright 8-bit RGB; raises on unreadable files.
+def load_rgb(path: str | Path, min_side: int | None = None, lenient: bool = False
+             ) -> Image.Image:
+    """Open any image (format found from its content, not its name) as upright 8-bit RGB;
+    raises on unreadable files.
 
     With `min_side`, JPEGs are decoded at a reduced DCT scale (draft mode) that still keeps
     the short side >= min_side: a 4x smaller decode costs about a tenth of the time.
+    `lenient`: the second try for a test image that failed strict decoding: a truncated file
+    decodes as far as its data goes and Pillow's decompression-bomb pixel limit is lifted
+    for this file (draft mode keeps the decode small). Not thread-safe (Pillow globals).
     """
+    if not lenient:
+        return _load_rgb(path, min_side)
+    with lenient_pillow():
+        return _load_rgb(path, min_side)
+
+
+@contextlib.contextmanager
+def lenient_pillow() -> Iterator[None]:
+    """Pillow accepts truncated files and images over its pixel limit inside the block."""
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS
+    ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = True, None
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = saved
+
+
+def _load_rgb(path: str | Path, min_side: int | None) -> Image.Image:
     with Image.open(path) as img:
-        if min_side and img.format == "JPEG":
+        if min_side and img.format in ("JPEG", "MPO"):
             w, h = img.size
             scale = min_side / min(w, h)
             if scale < 1:
@@ -221,14 +378,16 @@ def load_class_attributes(root: Path, classes: list[str]) -> tuple[np.ndarray, s
         path = root / name
         if path.is_file():
             try:
-                matrix = np.loadtxt(path, dtype=np.float64, ndmin=2)
+                matrix = np.loadtxt(io.StringIO(read_text_file(path)), dtype=np.float64,
+                                    ndmin=2)
             except ValueError as e:
                 raise DataError(f"attribute file {path} is not a numeric matrix: {e}") from e
             if matrix.shape[0] != len(classes):
                 raise DataError(f"attribute file {path} has {matrix.shape[0]} rows; "
                                 f"classes.txt lists {len(classes)} classes")
             return fill_missing(matrix), str(path)
-    table = bundled_attributes()
+    names, _, matrix = bundled_attributes()
+    table = dict(zip(names, matrix, strict=True))
     missing = [c for c in classes if c not in table]
     if missing:
         raise DataError(f"no attributes for class(es) {', '.join(missing)}: {root} has no "
@@ -236,14 +395,15 @@ def load_class_attributes(root: Path, classes: list[str]) -> tuple[np.ndarray, s
     return fill_missing(np.stack([table[c] for c in classes])), "bundled AwA2 table"
 
 
-def bundled_attributes() -> dict[str, np.ndarray]:
+def bundled_attributes() -> tuple[list[str], list[str], np.ndarray]:
+    """The AwA2 table shipped in resources/ (provenance: resources/PROVENANCE.md): class
+    names in AwA2 order, the 85 attribute names, and the 50 x 85 matrix (strengths 0..100,
+    -1 = missing). Read through importlib.resources, so it works from a wheel's zip too."""
     text = resources.files("pixelplay_lib").joinpath("resources/awa2_class_attributes.csv")
-    lines = text.read_text(encoding="utf-8").splitlines()[1:]
-    table = {}
-    for line in lines:
-        name, *values = line.split(",")
-        table[name.strip()] = np.array([float(v) for v in values])
-    return table
+    header, *rows = (line.split(",") for line in text.read_text(encoding="utf-8").splitlines()
+                     if line.strip())
+    names = [r[0].strip() for r in rows]
+    return names, header[1:], np.array([[float(v) for v in r[1:]] for r in rows])
 
 
 def fill_missing(matrix: np.ndarray) -> np.ndarray:

@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-RESOURCES = Path(__file__).resolve().parent / "resources"
+from .data import bundled_attributes, fill_missing
+
 UNSEEN = (
     "chimpanzee", "collie", "fox", "gorilla", "horse",
     "moose", "rabbit", "rhinoceros", "sheep", "squirrel",
@@ -66,15 +67,6 @@ BONE = (222, 212, 182)
 
 
 # --------------------------------------------------------------------------- attributes
-def load_attributes() -> tuple[list[str], list[str], np.ndarray]:
-    """(class names in AwA2 order, attribute names, 50 x 85 matrix 0..100, -1 = missing)."""
-    with open(RESOURCES / "awa2_class_attributes.csv", newline="") as f:
-        rows = list(csv.reader(f))
-    classes = [r[0] for r in rows[1:]]
-    matrix = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
-    return classes, rows[0][1:], matrix
-
-
 def binary_matrix(continuous: np.ndarray) -> np.ndarray:
     """AwA's binary matrix: 1 where a value exceeds its column mean (-1 = missing = 0)."""
     valid = continuous >= 0
@@ -82,11 +74,9 @@ def binary_matrix(continuous: np.ndarray) -> np.ndarray:
     return (valid & (continuous > means)).astype(int)
 
 
-def _strengths(names: list[str], matrix: np.ndarray) -> list[dict[str, float]]:
+def strengths(names: list[str], matrix: np.ndarray) -> list[dict[str, float]]:
     """Per class {attribute: strength 0..1}, missing values replaced by the column mean."""
-    valid = matrix >= 0
-    means = np.where(valid, matrix, 0).sum(0) / np.maximum(valid.sum(0), 1)
-    filled = np.where(valid, matrix, means) / 100.0
+    filled = fill_missing(matrix) / 100.0
     return [dict(zip(names, row.tolist(), strict=True)) for row in filled]
 
 
@@ -431,8 +421,8 @@ def write_demo_dataset(
     (root / "test").mkdir(parents=True, exist_ok=True)
     (special / "final_examples").mkdir(parents=True, exist_ok=True)
 
-    classes, predicates, matrix = load_attributes()
-    strengths = _strengths(predicates, matrix)
+    classes, predicates, matrix = bundled_attributes()
+    class_strengths = strengths(predicates, matrix)
     seen = [i for i, c in enumerate(classes) if c not in UNSEEN]
     unseen = [i for i, c in enumerate(classes) if c in UNSEEN]
 
@@ -457,7 +447,7 @@ def write_demo_dataset(
 
     def draw(ci: int, stream: int, k: int) -> Image.Image:
         r = np.random.default_rng([seed, stream, k])
-        return render(strengths[ci], r, _size(r, width))
+        return render(class_strengths[ci], r, _size(r, width))
 
     train_files: dict[str, list[Path]] = {}
     number = 0

@@ -9,18 +9,16 @@ statistics are global batch statistics too). That is also what makes a checkpoin
 a 2-GPU run resumable on one device and the reverse.
 
 Launch: the CLI re-runs itself under torchrun (`python -m torch.distributed.run`); notebooks
-call `launch_train(cfg)`, which spawns the processes. Only rank 0 writes files.
+call `train.launch_train(cfg)`, which spawns them (`spawn`). Only rank 0 writes files.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -121,24 +119,18 @@ def relaunch_with_torchrun(world: int, argv: list[str]) -> int:
     return subprocess.run(torchrun_command(world, argv), check=False).returncode
 
 
-def _spawned(local_rank: int, cfg: Config, world: int, port: int) -> None:
+def _spawned(local_rank: int, fn: Callable[[Config], Any], cfg: Config, world: int,
+             port: int) -> None:
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from .train import train
-
-    train(cfg)
+    fn(cfg)
 
 
-def launch_train(cfg: Config) -> dict[str, Any]:
-    """The notebooks' way: train in this process, or spawn one process per device."""
-    from .train import train
-
-    world = world_size_for(cfg.devices)
-    if world <= 1 or in_launched_process():
-        return train(cfg)
+def spawn(fn: Callable[[Config], Any], cfg: Config, world: int) -> None:
+    """Run fn(cfg) in `world` new processes (ranks 0..world-1) and wait for them: the way
+    from a notebook, where torchrun cannot relaunch the kernel. `fn` must be importable
+    (a module-level function), as torch.multiprocessing pickles it."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_spawned, args=(cfg, world, port), nprocs=world, join=True)
-    summary = Path(cfg.output_dir) / "summary.json"
-    return json.loads(summary.read_text()) if summary.is_file() else {"status": "stopped"}
+    torch.multiprocessing.spawn(_spawned, args=(fn, cfg, world, port), nprocs=world, join=True)

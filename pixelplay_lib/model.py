@@ -16,6 +16,8 @@ import torch
 import torchvision
 from torch import nn
 
+from .locate import find_weights_file
+
 log = logging.getLogger("pixelplay")
 
 HEAD_NAMES = {"fc", "head", "classifier"}
@@ -149,10 +151,10 @@ def load_weights(arch: str, weights: str, input_root: str) -> dict[str, torch.Te
         return state
     enum = torchvision.models.get_model_weights(arch).DEFAULT
     filename = enum.url.rsplit("/", 1)[-1]
-    attached = sorted(Path(input_root).rglob(filename)) if Path(input_root).is_dir() else []
+    attached = find_weights_file(filename, input_root)  # any mount layout, bounded walk
     if attached:
-        log.info("using attached ImageNet weights %s", attached[0])
-        return torch.load(attached[0], map_location="cpu", weights_only=True)
+        log.info("using attached ImageNet weights %s", attached)
+        return torch.load(attached, map_location="cpu", weights_only=True)
     try:
         return enum.get_state_dict(progress=False)
     except Exception as e:  # URLError, socket and SSL errors, HTTP errors...
@@ -160,6 +162,7 @@ def load_weights(arch: str, weights: str, input_root: str) -> dict[str, torch.Te
             f"cannot download the ImageNet weights for {arch} ({filename}): "
             f"{type(e).__name__}: {e}\n"
             f"On Kaggle: switch the notebook's Internet on, or attach a dataset holding "
-            f"{filename} (it is found anywhere under {input_root}). Elsewhere: put the file "
-            f"in ~/.cache/torch/hub/checkpoints/, or pass weights=/path/to/{filename}, "
+            f"{filename} (found up to 6 folders below {input_root}, e.g. in "
+            f"datasets/<owner>/<slug>/). Elsewhere: put the file in "
+            f"~/.cache/torch/hub/checkpoints/, or pass weights=/path/to/{filename}, "
             f"or weights=none to train from scratch.") from e

@@ -10,6 +10,7 @@ Decoding once also finds the unreadable files before training starts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,13 +26,12 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
-from .data import load_rgb
+from .data import lenient_pillow, load_rgb
 from .transforms import augment, center_view, sample_params, sample_rng
 
 log = logging.getLogger("pixelplay")
 
 CACHE_FORMAT = 1
-CACHE_SCALE = 1.15  # stored short side = image_size x 1.15: crops keep their resolution
 MAX_ASPECT = 4 / 3  # longer sides are centre-cropped to 4:3 (few photos are wider)
 
 
@@ -40,18 +40,32 @@ class UnreadableImage(OSError):
 
 
 class FileImages:
-    """Decodes from disk on every access (cache off; the baseline's way)."""
+    """Decodes from disk on every access (cache off; the baseline's way).
 
-    def __init__(self, paths: Sequence[Path], min_side: int | None = None):
+    lenient: a file that fails strict decoding gets a lenient second try (data.load_rgb),
+    logged as a warning; `self.lenient` records it only in the process that decoded it
+    (DataLoader workers' records are lost: use the cache to have them listed).
+    """
+
+    def __init__(self, paths: Sequence[Path], lenient: bool = False):
         self.paths = list(paths)
-        self.min_side = min_side
         self.errors: dict[int, str] = {}  # none known up front: get() raises per call
+        self.lenient_allowed = lenient
+        self.lenient: dict[int, str] = {}  # index -> the strict error it got past
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def get(self, i: int) -> np.ndarray:
-        return np.asarray(load_rgb(self.paths[i], self.min_side))
+        try:
+            return np.array(load_rgb(self.paths[i]))
+        except Exception as e:
+            if not self.lenient_allowed:
+                raise
+            img = np.array(load_rgb(self.paths[i], lenient=True))
+            self.lenient[i] = f"{type(e).__name__}: {e}"
+            log.warning("%s decoded leniently (%s)", self.paths[i], self.lenient[i])
+            return img
 
 
 class DecodedCache:
@@ -64,6 +78,8 @@ class DecodedCache:
         index = np.load(folder / "index.npz")
         self.offsets, self.heights, self.widths = index["offsets"], index["h"], index["w"]
         self.errors = {int(k): v for k, v in meta["errors"].items()}
+        # decoded by the lenient second try: index -> the strict error it got past
+        self.lenient = {int(k): v for k, v in meta.get("lenient", {}).items()}
         self.paths = [Path(p) for p in meta["paths"]]
         self._pixels: np.memmap | None = None
 
@@ -82,11 +98,16 @@ class DecodedCache:
         return self._pixels[o:o + h * w * 3].reshape(h, w, 3)
 
 
-def cache_key(paths: Sequence[Path], side: int) -> str:
-    digest = hashlib.sha1(f"{CACHE_FORMAT}:{side}:{MAX_ASPECT}".encode())
+def cache_key(paths: Sequence[Path], side: int, lenient: bool = False) -> str:
+    """Hex key of the file list (names, sizes, mtimes), the stored side and the decode mode.
+    Names are hashed as their on-disk bytes (os.fsencode): names that are not valid UTF-8
+    (surrogate-escaped str) hash like any other."""
+    digest = hashlib.sha1(f"{CACHE_FORMAT}:{side}:{MAX_ASPECT}".encode()
+                          + (b":lenient" if lenient else b""))
     for p in paths:
         st = p.stat() if p.exists() else None
-        digest.update(f"{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
+        digest.update(os.fsencode(p)
+                      + f"|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
     return digest.hexdigest()[:20]
 
 
@@ -98,9 +119,10 @@ def stored_size(width: int, height: int, side: int) -> tuple[int, int]:
     return (min(w, long_max), side) if w >= h else (side, min(h, long_max))
 
 
-def header_size(path: Path) -> tuple[int, int]:
-    """Upright (w, h) from the header alone (EXIF orientations 5-8 swap the sides)."""
-    with Image.open(path) as img:
+def header_size(path: Path, lenient: bool = False) -> tuple[int, int]:
+    """Upright (w, h) from the header alone (EXIF orientations 5-8 swap the sides).
+    lenient: Pillow's pixel limit is lifted (data.lenient_pillow)."""
+    with lenient_pillow() if lenient else contextlib.nullcontext(), Image.open(path) as img:
         w, h = img.size
         if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
             w, h = h, w
@@ -110,48 +132,66 @@ def header_size(path: Path) -> tuple[int, int]:
 _worker_pixels: dict[str, np.memmap] = {}
 
 
-def _decode_into(args: tuple[int, str, str, int, int, int, int]) -> tuple[int, str | None]:
-    i, path, pixels_path, offset, w, h, side = args
+def _decode_into(args: tuple[int, str, str, int, int, int, int, bool, str | None]
+                 ) -> tuple[int, str | None, str | None]:
+    """Decode one image into the memmap -> (index, error or None, lenient note or None).
+    lenient: a strict failure gets a lenient second try; `note` given: the strict header
+    read already failed (that error), so decode leniently straight away."""
+    i, path, pixels_path, offset, w, h, side, lenient, note = args
     try:
-        img = load_rgb(path, min_side=side)
+        try:
+            img = load_rgb(path, min_side=side, lenient=note is not None)
+        except Exception as e:
+            if note is not None or not lenient:
+                raise
+            note = f"{type(e).__name__}: {e}"
+            img = load_rgb(path, min_side=side, lenient=True)
         img = ImageOps.fit(img, (w, h), method=Image.BILINEAR)
         if pixels_path not in _worker_pixels:
             _worker_pixels[pixels_path] = np.memmap(pixels_path, dtype=np.uint8, mode="r+")
         _worker_pixels[pixels_path][offset:offset + w * h * 3] = np.asarray(img).reshape(-1)
-        return i, None
+        return i, None, note
     except Exception as e:  # any decoder error: report and skip this file
-        return i, f"{type(e).__name__}: {e}"
+        return i, f"{type(e).__name__}: {e}", None
 
 
 def build_cache(paths: Sequence[Path], side: int, cache_root: Path, workers: int,
-                desc: str = "decoding images") -> DecodedCache:
+                desc: str = "decoding images", lenient: bool = False) -> DecodedCache:
     """Decode every image once into cache_root/<key>/ (reused while the sources are unchanged).
 
     Built in a temporary folder and renamed into place: an interrupted build leaves no
-    half-written cache behind.
+    half-written cache behind. Files that fail are in `.errors` (index -> reason).
+    lenient (test images): a file failing strict decoding (truncated, over Pillow's pixel
+    limit) gets a lenient second try; those that pass are listed in `.lenient` and logged.
+    Training keeps the default (strict): a half-decoded picture is no training example.
     """
     from tqdm.auto import tqdm
 
     paths = [Path(p) for p in paths]
-    folder = cache_root / f"{side}px-{cache_key(paths, side)}"
+    folder = cache_root / f"{side}px-{cache_key(paths, side, lenient)}"
     if (folder / "meta.json").is_file():
         return DecodedCache(folder)
     cache_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_root))
     errors: dict[int, str] = {}
+    header_errors: dict[int, str] = {}  # strict header failures a lenient read got past
     sizes = np.zeros((len(paths), 2), dtype=np.int64)
     for i, p in enumerate(paths):
         try:
             sizes[i] = stored_size(*header_size(p), side)
         except Exception as e:
             errors[i] = f"{type(e).__name__}: {e}"
+            if lenient:  # when this fails too, the strict error above is the one reported
+                with contextlib.suppress(Exception):
+                    sizes[i] = stored_size(*header_size(p, lenient=True), side)
+                    header_errors[i] = errors.pop(i)
     nbytes = sizes[:, 0] * sizes[:, 1] * 3
     offsets = np.concatenate([[0], np.cumsum(nbytes)[:-1]]).astype(np.int64)
     pixels_path = tmp / "pixels.u8"
     with open(pixels_path, "wb") as f:
         f.truncate(max(int(nbytes.sum()), 1))
     jobs = [(i, str(p), str(pixels_path), int(offsets[i]), int(sizes[i, 0]), int(sizes[i, 1]),
-             side) for i, p in enumerate(paths) if i not in errors]
+             side, lenient, header_errors.get(i)) for i, p in enumerate(paths) if i not in errors]
     if workers > 1 and len(jobs) > 64:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             results = list(tqdm(pool.imap_unordered(_decode_into, jobs, chunksize=16),
@@ -159,10 +199,16 @@ def build_cache(paths: Sequence[Path], side: int, cache_root: Path, workers: int
     else:
         results = [_decode_into(j) for j in tqdm(jobs, desc=desc, leave=False)]
     _worker_pixels.pop(str(pixels_path), None)
-    errors.update({i: err for i, err in results if err})
+    errors.update({i: err for i, err, _ in results if err})
+    decoded_leniently = {i: note for i, err, note in results if note and not err}
+    for i, note in sorted(decoded_leniently.items()):
+        log.warning("%s failed strict decoding (%s): decoded leniently", paths[i], note)
     np.savez(tmp / "index.npz", offsets=offsets, h=sizes[:, 1], w=sizes[:, 0])
+    # json.dumps escapes surrogate-escaped names (not valid UTF-8) as \udcXX: they load back
+    # as the same str, i.e. the same bytes on disk.
     meta = {"format": CACHE_FORMAT, "side": side, "paths": [str(p) for p in paths],
-            "errors": {str(i): e for i, e in sorted(errors.items())}}
+            "errors": {str(i): e for i, e in sorted(errors.items())},
+            "lenient": {str(i): e for i, e in sorted(decoded_leniently.items())}}
     (tmp / "meta.json").write_text(json.dumps(meta))
     try:
         os.replace(tmp, folder)
@@ -171,31 +217,24 @@ def build_cache(paths: Sequence[Path], side: int, cache_root: Path, workers: int
     return DecodedCache(folder)
 
 
-def open_images(paths: Sequence[Path], image_size: int, use_cache: bool, cache_root: Path,
-                workers: int, desc: str) -> FileImages | DecodedCache:
-    if use_cache:
-        return build_cache(paths, int(round(image_size * CACHE_SCALE)), cache_root, workers,
-                           desc)
-    return FileImages(paths)
-
-
 class Views(Dataset):
     """Item (index, epoch) -> (uint8 views, label, index, error).
 
-    mode "train": one augmented view seeded by (seed, epoch, index).
-    mode "eval": the central view.
-    mode "votes": the central view followed by `votes` augmented views (the test-time votes).
-    An unreadable image gives views=None (training skips it) or, with keep_failed, black
-    views so that a test image still gets its row. fast_augment: the uint8 resize + one-gather
+    mode "train": one augmented view (3 x size x size) seeded by (seed, epoch, index).
+    mode "test": a stack of views (n_views x 3 x size x size): the central square, its
+    mirror when `flip`, then `votes` augmented views (the test-time votes, epoch -1).
+    An unreadable image gives views=None (left out) or, with keep_failed, black views so
+    that a test image still gets its row. fast_augment: the uint8 resize + one-gather
     flip/rotate of transforms.augment (False: the torchvision tensor ops).
     """
 
     def __init__(self, images: FileImages | DecodedCache, labels: Sequence[int], size: int,
                  mode: str, seed: int, scale_min: float = 0.7, rotation: float = 30.0,
-                 votes: int = 0, keep_failed: bool = False, fast_augment: bool = True):
+                 votes: int = 0, flip: bool = False, keep_failed: bool = False,
+                 fast_augment: bool = True):
         self.images, self.labels, self.size, self.mode = images, list(labels), size, mode
         self.seed, self.scale_min, self.rotation = seed, scale_min, rotation
-        self.votes, self.keep_failed, self.fast = votes, keep_failed, fast_augment
+        self.votes, self.flip, self.keep_failed, self.fast = votes, flip, keep_failed, fast_augment
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -211,13 +250,11 @@ class Views(Dataset):
                 return None, self.labels[i], i, error
             img = torch.zeros(3, self.size, self.size, dtype=torch.uint8)
         if self.mode == "train":
-            views = self._augmented(img, i, epoch, 0)
-        elif self.mode == "eval":
-            views = center_view(img, self.size, self.fast)
-        else:
-            views = torch.stack([center_view(img, self.size, self.fast)]
-                                + [self._augmented(img, i, -1, v) for v in range(self.votes)])
-        return views, self.labels[i], i, error
+            return self._augmented(img, i, epoch, 0), self.labels[i], i, error
+        center = center_view(img, self.size, self.fast)
+        views = [center] + ([center.flip(-1)] if self.flip else [])
+        views += [self._augmented(img, i, -1, v) for v in range(self.votes)]
+        return torch.stack(views), self.labels[i], i, error
 
     def _augmented(self, img: torch.Tensor, i: int, epoch: int, vote: int) -> torch.Tensor:
         rng = sample_rng(self.seed, epoch, i, vote)

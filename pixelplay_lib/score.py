@@ -1,7 +1,10 @@
-"""Score a submission against an answer key: overall, seen-class and unseen-class accuracy."""
+"""Score a submission against an answer key (overall, seen-class and unseen-class accuracy),
+and show the Special-Package scores predict wrote beside it (every expert and the fusion
+on the competition's labelled photos: the only real-photo check before submitting)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -28,3 +31,26 @@ def score_submission(submission: str | Path, answers: str | Path, data_root: str
                       seen_accuracy=float(correct[~is_unseen].mean()),
                       unseen_accuracy=float(correct[is_unseen].mean()))
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
+
+
+def score(submission: str | Path, answers: str | Path = "", data_root: str = "",
+          input_root: str = "/kaggle/input") -> dict[str, object]:
+    """The `score` command: {"test": score_submission(...)} when an answer key is given,
+    {"special_package": rows overall / seen / unseen / per class -> accuracy per expert}
+    when special_scores.csv lies beside the submission (predict writes it), and a
+    "special_package_note" saying why when it does not. Raises FileNotFoundError for a
+    missing submission."""
+    if not Path(submission).is_file():
+        raise FileNotFoundError(f"no submission at {submission}")
+    result: dict[str, object] = {}
+    if answers:
+        result["test"] = score_submission(submission, answers, data_root, input_root)
+    special = Path(submission).parent / "special_scores.csv"
+    if special.is_file():
+        table = pd.read_csv(special, index_col=0)
+        result["special_package"] = json.loads(table.round(4).to_json(orient="index"))
+    else:
+        result["special_package_note"] = (
+            f"no {special.name} beside {submission}: predict writes it when it ran with a "
+            "fusion and found the competition's Special-Package (labels.txt + images)")
+    return result

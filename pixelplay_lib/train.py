@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import signal
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +23,13 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, experts
 from .config import Config, fingerprint
 from .data import Challenge, load_challenge, load_class_attributes, split_train_val
+from .inference import ViewPlan, classifier_forward, open_images, run_images
 from .model import Net, build_model
-from .pipeline import EpochBatches, Views, make_loader, open_images, resolve_workers
+from .pipeline import EpochBatches, Views, make_loader, resolve_workers
 from .runtime import Runtime, make_runtime, setup_logging
-from .zeroshot import fit_head, leave_classes_out
 
 log = logging.getLogger("pixelplay")
 
@@ -52,20 +54,22 @@ class StopFlag:
         return bool(self.reason)
 
 
-def cache_root(cfg: Config) -> Path:
-    if cfg.cache_dir:
-        return Path(cfg.cache_dir)
-    import os
-    import tempfile
+@dataclass
+class Progress:
+    """Where a run is; saved in every checkpoint. loss_sum / count: the partial epoch."""
 
-    if os.environ.get("KAGGLE_KERNEL_RUN_TYPE"):  # keep the cache out of the kernel's output
-        return Path(tempfile.gettempdir()) / "pixelplay-cache"
-    return Path(cfg.output_dir) / "cache"
+    epoch: int = 0  # epochs done
+    step: int = 0  # steps done in the current epoch
+    loss_sum: float = 0.0
+    count: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    best_val: float = -1.0
+    unreadable: dict[str, str] = field(default_factory=dict)  # path -> reason
 
 
 def data_fingerprint(ch: Challenge, indices: list[int]) -> str:
     names = "\n".join(f"{ch.train_samples[i][0].relative_to(ch.root)}" for i in indices)
-    return hashlib.sha1(names.encode()).hexdigest()[:16]
+    return hashlib.sha1(names.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def model_state(net: Net) -> dict[str, torch.Tensor]:
@@ -84,7 +88,20 @@ def load_model_state(net: Net, state: dict[str, torch.Tensor]) -> None:
                            f"{sorted(set(missing) - frozen)[:5]}, unexpected {unexpected[:5]}")
 
 
+def restore_scaler(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
+    """Load a grad-scaler state saved on other hardware. A scaler saved disabled (CPU, bf16,
+    amp=off) has an empty state: an enabled one (fp16 on a T4) then starts at its initial
+    scale, which it re-tunes within a few steps; a disabled one ignores any state."""
+    if scaler.is_enabled() and state:
+        scaler.load_state_dict(state)
+    elif scaler.is_enabled():
+        log.info("the checkpoint ran without fp16 loss scaling: the grad scaler starts fresh")
+
+
 def find_resume(cfg: Config) -> tuple[dict[str, Any], Path] | None:
+    """The checkpoint to resume from: resume=PATH, else (auto) the newest valid one in
+    output_dir itself, else the newest below input_root (where a Kaggle kernel's previous
+    output lands). Sub-folders of output_dir are other runs: never looked at."""
     if cfg.resume == "never":
         return None
     if cfg.resume != "auto":
@@ -92,10 +109,8 @@ def find_resume(cfg: Config) -> tuple[dict[str, Any], Path] | None:
         if not path.is_file():
             raise FileNotFoundError(f"resume={path}: no such checkpoint")
         return ckpt.load_file(path), path
-    # Our own folder first, then earlier runs attached as inputs (a Kaggle kernel's
-    # kernel_sources land under /kaggle/input); the newest progress wins.
-    found = ckpt.load_newest([cfg.output_dir, cfg.input_root])
-    return found
+    return (ckpt.load_newest(ckpt.list_checkpoints(cfg.output_dir))
+            or ckpt.load_newest(ckpt.list_checkpoints(cfg.input_root, recursive=True)))
 
 
 def check_fingerprint(cfg: Config, saved: dict[str, Any], path: Path) -> None:
@@ -103,247 +118,311 @@ def check_fingerprint(cfg: Config, saved: dict[str, Any], path: Path) -> None:
     diff = [k for k in now if k in saved and saved[k] != now[k]]
     if diff:
         changes = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in diff)
-        raise ConfigMismatch(f"checkpoint {path} was trained with another config ({changes}). "
-                             "Use another output_dir, resume=never, or the old values.")
+        raise ConfigMismatch(
+            f"checkpoint {path} was trained with another config ({changes}). To continue it, "
+            "use the old values. To start fresh: resume=never (`-p resume never`, "
+            "`--resume never`); on Kaggle also push without the previous output attached "
+            "(`make push-kernel RESUME_FROM=`).")
 
 
-def run_views(net: Net, loader, rt: Runtime) -> dict[str, np.ndarray]:
-    """Logits and features of every view the loader yields (views stacked per image)."""
-    net.eval()
-    logits, feats, labels, index, failed = [], [], [], [], []
-    with torch.no_grad():
-        for x, y, idx, bad in loader:
-            failed += bad
-            if not len(x):
-                continue
-            shape = x.shape
-            flat = x.reshape(-1, *shape[-3:])  # all votes of the batch in one pass
-            with rt.autocast():
-                out, f = net.forward_both(rt.to_device(flat))
-            logits.append(out.float().reshape(*shape[:-3], -1).cpu())
-            feats.append(f.float().reshape(*shape[:-3], -1).cpu())
-            labels.append(y)
-            index.append(idx)
-    if not logits:  # nothing to run (an empty split, or only unreadable files)
-        return {"logits": np.zeros((0, 0)), "features": np.zeros((0, 0)),
-                "labels": np.zeros(0, np.int64), "index": np.zeros(0, np.int64),
-                "failed": failed}
-    return {"logits": torch.cat(logits).numpy(), "features": torch.cat(feats).numpy(),
-            "labels": torch.cat(labels).numpy(), "index": torch.cat(index).numpy(),
-            "failed": failed}
-
-
-def evaluate(net: Net, loader, rt: Runtime, classes: list[str]) -> dict[str, Any]:
-    out = run_views(net, loader, rt)
-    logits, labels = torch.from_numpy(out["logits"]), torch.from_numpy(out["labels"])
-    pred = logits.argmax(1)
-    per_class = {classes[c]: round(float((pred[labels == c] == c).float().mean()), 6)
-                 for c in sorted(set(labels.tolist()))}
-    return {"val_loss": float(nn.functional.cross_entropy(logits, labels)),
-            "val_acc": float((pred == labels).float().mean()), "val_per_class": per_class,
-            "_views": out}
+def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """The torch seed of one training step (dropout, stochastic depth): a pure function of
+    where the run is, so no random-generator state needs saving for an exact resume."""
+    return int(np.random.default_rng([seed & 0xFFFFFFFF, epoch, step, rank]).integers(2**62))
 
 
 def train(cfg: Config) -> dict[str, Any]:
-    """Train (or resume) into cfg.output_dir; returns the run summary."""
+    """Train (or resume) into cfg.output_dir, then fit the fusion of the experts; returns
+    the run summary (also written to summary.json)."""
     setup_logging()
     started = time.monotonic()
     rank, world, local_rank = distributed.setup(cfg)
     try:
-        return _train(cfg, make_runtime(cfg, rank, world, local_rank), started)
+        rt = make_runtime(cfg, rank, world, local_rank)
+        if not experts.needs_network(cfg):  # image-text experts only: nothing to fine-tune
+            return fit_experts(cfg, rt, None, started) if rt.is_main else {"status": "done"}
+        run = Run(cfg, rt)
+        return run.fit() or fit_experts(cfg, rt, run, started)
     finally:
         distributed.teardown()
 
 
-def _train(cfg: Config, rt: Runtime, started: float) -> dict[str, Any]:
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ch = load_challenge(cfg.data_root, cfg.input_root)
-    if rt.is_main:
-        cfg.write_json(out / "config.json")
-    if cfg.batch_size % rt.world:
-        raise ValueError(f"batch_size={cfg.batch_size} (the global batch) must divide into "
-                         f"{rt.world} devices")
-    workers = resolve_workers(cfg.num_workers)
+def fit_experts(cfg: Config, rt: Runtime, run: Run | None, started: float) -> dict[str, Any]:
+    """After the network (if any): model.pt, the fusion of the experts (when there are
+    classes to recognise without training images), summary.json. Rank 0 only."""
+    if run is not None and not rt.is_main:
+        return {"status": "done", "rank": rt.rank}
+    if run is None:
+        ch = load_challenge(cfg.data_root, cfg.input_root)
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        cfg.write_json(Path(cfg.output_dir) / "config.json")
+        train_idx, val_idx = split_train_val(ch.train_samples, cfg.val_fraction, cfg.seed)
+        summary: dict[str, Any] = {"status": "done", "epochs": 0, "train_images":
+                                   len(train_idx), "val_images": len(val_idx)}
+    else:
+        ch, train_idx, val_idx = run.ch, run.train_idx, run.val_idx
+        summary = run.finish()
+    net = run.net if run is not None else None
+    save_model(Path(cfg.output_dir) / "model.pt", net, cfg, ch,
+               run.progress.history if run is not None else [])
+    if cfg.zero_shot == "on" or (cfg.zero_shot == "auto" and ch.unseen):
+        fitted = experts.fit(cfg, rt, ch, train_idx, val_idx, net)
+        state = fitted.state
+        summary["fusion"] = {"experts": dict(zip(state.names, state.weights, strict=True)),
+                             "gamma": state.gamma, **state.report.get("fusion", {})}
+        summary["special_package"] = experts.score_special(cfg, rt, ch, fitted)
+    elif net is None:
+        raise ValueError("nothing to predict with: the experts chosen train no network and "
+                         "zero_shot=off leaves no fusion; use experts=auto or zero_shot=auto")
+    summary["seconds"] = time.monotonic() - started
+    ckpt.atomic_write_text(Path(cfg.output_dir) / "summary.json",
+                           json.dumps(summary, indent=2, ensure_ascii=True, default=str) + "\n")
+    return summary
 
-    train_idx, val_idx = split_train_val(ch.train_samples, cfg.val_fraction, cfg.seed)
-    paths = [p for p, _ in ch.train_samples]
-    images = distributed.main_process_first(rt.is_main, lambda: open_images(
-        paths, cfg.image_size, cfg.cache, cache_root(cfg), workers, "decoding train images"))
-    skipped = dict(images.errors)  # unreadable files found while building the cache
-    train_idx = [i for i in train_idx if i not in skipped]
-    val_idx = [i for i in val_idx if i not in skipped]
-    labels = [label for _, label in ch.train_samples]
-    log.info("challenge %s: %d classes (%d seen, %d unseen), %d train + %d validation images, "
-             "%d unreadable%s", ch.root, len(ch.classes), len(ch.seen), len(ch.unseen),
-             len(train_idx), len(val_idx), len(skipped),
-             f"; {rt.world} processes, {cfg.batch_size // rt.world} images each per step"
-             if rt.world > 1 else "")
 
-    zs_wanted = cfg.zero_shot == "on" or (cfg.zero_shot == "auto" and bool(ch.unseen))
-    attributes = attr_targets = None
-    if zs_wanted:  # read first: a missing or wrong attribute file fails before training
-        attributes, attr_source = load_class_attributes(ch.root, ch.classes)
-        if cfg.attr_loss > 0:
-            attr_targets = attribute_targets(attributes).to(rt.device)
-    n_attributes = 0 if attr_targets is None else attr_targets.shape[1]
+def launch_train(cfg: Config) -> dict[str, Any]:
+    """The notebooks' way: train in this process, or spawn one process per device."""
+    world = distributed.world_size_for(cfg.devices)
+    if world <= 1 or distributed.in_launched_process():
+        return train(cfg)
+    distributed.spawn(train, cfg, world)
+    summary = Path(cfg.output_dir) / "summary.json"
+    return json.loads(summary.read_text()) if summary.is_file() else {"status": "stopped"}
 
-    torch.manual_seed(cfg.seed)  # random-init weights (weights=none) are part of the config
-    net = build_model(cfg.arch, len(ch.classes), cfg.weights, cfg.trainable, cfg.input_root,
-                      n_attributes)
-    net.to(rt.device)
-    if rt.channels_last:
-        net.to(memory_format=torch.channels_last)
-    model = distributed.wrap(net, rt.device, rt.world)
-    net = model.module if model is not net else net  # (SyncBatchNorm may have replaced layers)
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), cfg.lr_gamma)
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
 
-    state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "count": 0, "history": [],
-             "best_val": -1.0, "unreadable": {}}
-    data_id = data_fingerprint(ch, train_idx)
-    resumed = find_resume(cfg)
-    if resumed:
-        saved, path = resumed
-        check_fingerprint(cfg, saved["fingerprint"], path)
-        if saved["data"] != data_id:
+class Run:
+    """One training run; its state is the attributes set up in __init__ plus `progress`."""
+
+    def __init__(self, cfg: Config, rt: Runtime):
+        self.cfg, self.rt, self.out = cfg, rt, Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.ch = load_challenge(cfg.data_root, cfg.input_root)
+        if rt.is_main:
+            cfg.write_json(self.out / "config.json")
+        if cfg.batch_size % rt.world:
+            raise ValueError(f"batch_size={cfg.batch_size} (the global batch) must divide "
+                             f"into {rt.world} devices")
+        self.workers = resolve_workers(cfg.num_workers)
+        self._setup_data()
+        self._setup_zero_shot()
+        self._setup_model()
+        self.progress = Progress()
+        self._resume()
+        self.last_save = time.monotonic()
+
+    def _setup_data(self) -> None:
+        cfg, ch, rt = self.cfg, self.ch, self.rt
+        train_idx, val_idx = split_train_val(ch.train_samples, cfg.val_fraction, cfg.seed)
+        self.images = distributed.main_process_first(rt.is_main, lambda: open_images(
+            [p for p, _ in ch.train_samples], cfg.image_size, cfg, "decoding train images"))
+        self.skipped = dict(self.images.errors)  # unreadable files found by the cache
+        self.train_idx = [i for i in train_idx if i not in self.skipped]
+        self.val_idx = [i for i in val_idx if i not in self.skipped]
+        self.labels = [label for _, label in ch.train_samples]
+        log.info("challenge %s: %d classes (%d seen, %d unseen), %d train + %d validation "
+                 "images, %d unreadable%s", ch.root, len(ch.classes), len(ch.seen),
+                 len(ch.unseen), len(self.train_idx), len(self.val_idx), len(self.skipped),
+                 f"; {rt.world} processes, {cfg.batch_size // rt.world} images each per step"
+                 if rt.world > 1 else "")
+        views = Views(self.images, self.labels, cfg.image_size, "train", cfg.seed,
+                      cfg.crop_scale_min, cfg.rotation, fast_augment=cfg.fast_augment)
+        self.sampler = EpochBatches(self.train_idx, cfg.batch_size, cfg.seed, rt.rank, rt.world)
+        self.loader = make_loader(views, self.sampler, self.workers, rt.device.type == "cuda")
+        self.eval_plan = ViewPlan(cfg.image_size, seed=cfg.seed, fast_augment=cfg.fast_augment)
+
+    def _setup_zero_shot(self) -> None:
+        """Attributes are read before training: a missing or wrong file fails in seconds."""
+        cfg, ch = self.cfg, self.ch
+        self.zero_shot = cfg.zero_shot == "on" or (cfg.zero_shot == "auto" and bool(ch.unseen))
+        self.attributes, self.attr_source, self.attr_targets = None, "", None
+        if self.zero_shot:
+            self.attributes, self.attr_source = load_class_attributes(ch.root, ch.classes)
+            if cfg.attr_loss > 0:
+                self.attr_targets = attribute_targets(self.attributes).to(self.rt.device)
+
+    def _setup_model(self) -> None:
+        cfg, rt = self.cfg, self.rt
+        n_attributes = 0 if self.attr_targets is None else self.attr_targets.shape[1]
+        torch.manual_seed(cfg.seed)  # random-init weights (weights=none) are part of the config
+        net = build_model(cfg.arch, len(self.ch.classes), cfg.weights, cfg.trainable,
+                          cfg.input_root, n_attributes)
+        net.to(rt.device)
+        if rt.channels_last:
+            net.to(memory_format=torch.channels_last)
+        self.model = distributed.wrap(net, rt.device, rt.world)
+        # (SyncBatchNorm may have replaced layers: the wrapped module is the net now)
+        self.net = self.model.module if self.model is not net else net
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, list(cfg.milestones),
+                                                          cfg.lr_gamma)
+        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+        self.data_id = data_fingerprint(self.ch, self.train_idx)
+
+    def _resume(self) -> None:
+        """Continue from a checkpoint; one found elsewhere (an earlier Kaggle version's
+        output) is re-saved into output_dir at once, with its model_best.pt, so this run's
+        own output can always continue the chain, even if it dies before its first save."""
+        found = find_resume(self.cfg)
+        if not found:
+            return
+        saved, path = found
+        check_fingerprint(self.cfg, saved["fingerprint"], path)
+        if saved["data"] != self.data_id:
             raise ConfigMismatch(f"checkpoint {path} was trained on another set of images")
-        load_model_state(net, saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        ckpt.restore_rng_states(saved["rng"])
-        state = saved["state"]
-        if not rt.is_main:  # the saved sums are global: one rank carries them on
-            state.update(loss_sum=0.0, count=0)
-        log.info("resumed from %s (epoch %d, step %d)", path, state["epoch"], state["step"])
+        load_model_state(self.net, saved["model"])
+        self.opt.load_state_dict(saved["optimizer"])
+        self.sched.load_state_dict(saved["scheduler"])
+        restore_scaler(self.scaler, saved["scaler"])
+        self.progress = Progress(**saved["progress"])
+        if not self.rt.is_main:  # the saved sums are global: one rank carries them on
+            self.progress.loss_sum, self.progress.count = 0.0, 0
+        log.info("resumed from %s (epoch %d, step %d)", path, self.progress.epoch,
+                 self.progress.step)
+        if path.parent.resolve() != self.out.resolve():
+            best = path.parent / "model_best.pt"
+            if self.rt.is_main and best.is_file() and not (self.out / best.name).exists():
+                shutil.copy2(best, self.out / best.name)
+            self.save()
 
-    def save() -> Path | None:
-        """All ranks call it (the loss sums are gathered); rank 0 writes."""
-        total = distributed.sum_across([state["loss_sum"], state["count"]], rt.device)
+    def save(self) -> Path | None:
+        """All ranks call it (the loss sums are gathered); rank 0 writes a checkpoint."""
+        p, rt = self.progress, self.rt
+        total = distributed.sum_across([p.loss_sum, p.count], rt.device)
         if not rt.is_main:
-            state.update(loss_sum=0.0, count=0)
+            p.loss_sum, p.count = 0.0, 0
             return None
-        state.update(loss_sum=total[0], count=int(total[1]))
-        payload = {"fingerprint": fingerprint(cfg), "data": data_id, "model": model_state(net),
-                   "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                   "scaler": scaler.state_dict(), "rng": ckpt.rng_states(), "state": state,
-                   "classes": ch.classes}
-        return ckpt.save_checkpoint(out, payload, state["epoch"], state["step"])
+        p.loss_sum, p.count = total[0], int(total[1])
+        payload = {"fingerprint": fingerprint(self.cfg), "data": self.data_id,
+                   "model": model_state(self.net), "optimizer": self.opt.state_dict(),
+                   "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+                   "progress": asdict(p), "classes": self.ch.classes}
+        self.last_save = time.monotonic()
+        return ckpt.save_checkpoint(self.out, payload, p.epoch, p.step)
 
-    train_views = Views(images, labels, cfg.image_size, "train", cfg.seed, cfg.crop_scale_min,
-                        cfg.rotation, fast_augment=cfg.fast_augment)
-    sampler = EpochBatches(train_idx, cfg.batch_size, cfg.seed, rt.rank, rt.world)
-    train_loader = make_loader(train_views, sampler, workers, rt.device.type == "cuda")
-    eval_views = Views(images, labels, cfg.image_size, "eval", cfg.seed,
-                       fast_augment=cfg.fast_augment)
-    val_loader = make_loader(eval_views, EpochBatches(val_idx, cfg.batch_size * 2, cfg.seed),
-                             workers, rt.device.type == "cuda")
+    def checkpoint_due(self) -> bool:
+        every, minutes = self.cfg.checkpoint_every_steps, self.cfg.checkpoint_every_minutes
+        return bool((every and (self.progress.step + 1) % every == 0) or (
+            minutes and time.monotonic() - self.last_save > minutes * 60))
 
-    stop = StopFlag(cfg.time_limit * 60)
-    previous_handler = signal.signal(signal.SIGTERM, stop)
-    last_save = time.monotonic()
-    try:
-        while state["epoch"] < cfg.epochs:
-            sampler.epoch, sampler.start = state["epoch"], state["step"]
-            net.train()
-            bar = progress(train_loader, f"epoch {state['epoch'] + 1}/{cfg.epochs}", rt)
-            for x, y, _, bad in bar:
-                # cache=False: files fail here, once an epoch each (skipped, never retried)
-                state["unreadable"].update({str(ch.train_samples[i][0]): e for i, e in bad})
-                every = cfg.checkpoint_every_steps
-                due = (every and (state["step"] + 1) % every == 0) or (
-                    cfg.checkpoint_every_minutes
-                    and time.monotonic() - last_save > cfg.checkpoint_every_minutes * 60)
-                # One collective per step agrees on the global batch size, stop and save.
-                n, stopping, due = distributed.sum_across(
-                    [len(y), stop.should_stop(), bool(due)], rt.device)
-                if n:
-                    loss = train_step(model, opt, scaler, rt, x, y, attr_targets,
-                                      cfg.attr_loss, loss_scale=rt.world * len(y) / n)
-                    state["loss_sum"] += loss * len(y)
-                    state["count"] += len(y)
-                    bar.set_postfix(loss=f"{loss:.4f}")
-                state["step"] += 1
-                if due and not stopping:
-                    save()
-                    last_save = time.monotonic()
-                if stopping:
-                    stop.reason = stop.reason or "another process's stop"
-                    path = save()
+    def fit(self) -> dict[str, Any] | None:
+        """The epochs still to run. Returns a summary when stopped early, else None."""
+        stop = StopFlag(self.cfg.time_limit * 60)
+        previous_handler = signal.signal(signal.SIGTERM, stop)
+        try:
+            while self.progress.epoch < self.cfg.epochs:
+                if not self.train_epoch(stop):
+                    path = self.save()
                     log.info("stopped by %s at epoch %d step %d; checkpoint %s. Run the same "
                              "command again (same output_dir) to continue.", stop.reason,
-                             state["epoch"] + 1, state["step"], path)
-                    return stopped_summary(out, stop.reason, path, rt)
-            bar.close()
-            lr = opt.param_groups[0]["lr"]
-            sched.step()
-            total = distributed.sum_across([state["loss_sum"], state["count"]], rt.device)
-            state.update(loss_sum=total[0], count=int(total[1]))
-            if rt.is_main:  # rank 0 validates and writes; the others wait in save()
-                end_epoch(net, val_loader, rt, ch, cfg, state, lr, bool(val_idx))
-            state.update(epoch=state["epoch"] + 1, step=0, loss_sum=0.0, count=0)
-            save()
-            last_save = time.monotonic()
-            if distributed.sum_across([stop.should_stop()], rt.device)[0]:
-                log.info("stopped by %s after epoch %d; run again to continue.",
-                         stop.reason or "another process's stop", state["epoch"])
-                return stopped_summary(out, stop.reason, None, rt)
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+                             self.progress.epoch + 1, self.progress.step, path)
+                    return self.stopped(stop.reason, path)
+                self.end_epoch()
+                if distributed.sum_across([stop.should_stop()], self.rt.device)[0]:
+                    log.info("stopped by %s after epoch %d; run again to continue.",
+                             stop.reason or "another process's stop", self.progress.epoch)
+                    return self.stopped(stop.reason, None)
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+        return None
 
-    if not rt.is_main:
-        return {"status": "done", "rank": rt.rank}
-    head = None
-    if zs_wanted:
-        head = fit_zero_shot(net, cfg, ch, images, labels, train_idx, val_idx, rt, workers,
-                             attributes, attr_source)
-    save_model(out / "model.pt", net, cfg, ch, head, state["history"])
-    write_history(out, state["history"])
-    unreadable = {**{str(ch.train_samples[i][0]): e for i, e in skipped.items()},
-                  **state["unreadable"]}
-    summary = {"status": "done", "epochs": state["epoch"], "seconds": time.monotonic() - started,
-               "train_images": len(train_idx), "val_images": len(val_idx),
-               "unreadable": unreadable,
-               "val_acc": state["history"][-1].get("val_acc") if state["history"] else None,
-               "zero_shot": head.report if head else None}
-    ckpt.atomic_write_text(out / "summary.json", json.dumps(
-        {k: v for k, v in summary.items() if k != "zero_shot"}, indent=2) + "\n")
-    if unreadable:
-        log.info("skipped %d unreadable training images (listed in summary.json):",
-                 len(unreadable))
-        for path, err in sorted(unreadable.items())[:20]:
-            log.info("  %s: %s", path, err)
-    return summary
+    def train_epoch(self, stop: StopFlag) -> bool:
+        """The recipe's steps for the rest of one epoch; False when asked to stop."""
+        cfg, rt, p = self.cfg, self.rt, self.progress
+        self.sampler.epoch, self.sampler.start = p.epoch, p.step
+        self.net.train()
+        bar = progress_bar(self.loader, f"epoch {p.epoch + 1}/{cfg.epochs}", rt)
+        for x, y, _, bad in bar:
+            # cache=False: files fail here, once an epoch each (skipped, never retried)
+            p.unreadable.update({str(self.ch.train_samples[i][0]): e for i, e in bad})
+            # One collective per step agrees on the global batch size, stop and save.
+            n, stopping, due = distributed.sum_across(
+                [len(y), stop.should_stop(), self.checkpoint_due()], rt.device)
+            if n:
+                torch.manual_seed(step_seed(cfg.seed, p.epoch, p.step, rt.rank))
+                loss = train_step(self.model, self.opt, self.scaler, rt, x, y,
+                                  self.attr_targets, cfg.attr_loss,
+                                  loss_scale=rt.world * len(y) / n)
+                p.loss_sum += loss * len(y)
+                p.count += len(y)
+                bar.set_postfix(loss=f"{loss:.4f}")
+            p.step += 1
+            if stopping:
+                stop.reason = stop.reason or "another process's stop"
+                bar.close()
+                return False
+            if due:
+                self.save()
+        bar.close()
+        return True
 
+    def end_epoch(self) -> None:
+        """LR step, validation and the history record (rank 0), then a checkpoint."""
+        p, rt = self.progress, self.rt
+        lr = self.opt.param_groups[0]["lr"]
+        self.sched.step()
+        p.loss_sum, p.count = distributed.sum_across([p.loss_sum, p.count], rt.device)
+        if rt.is_main:  # the others wait in save()
+            metrics = self.evaluate() if self.val_idx else {}
+            record = {"epoch": p.epoch + 1, "lr": lr, "train_loss": p.loss_sum / max(p.count, 1),
+                      "train_images": int(p.count), **metrics}
+            p.history.append(record)
+            log.info("epoch %d: train loss %.4f, val acc %s", record["epoch"],
+                     record["train_loss"], f"{record.get('val_acc', float('nan')):.4f}")
+            write_history(self.out, p.history)
+            if record.get("val_acc", -1) > p.best_val:
+                p.best_val = record["val_acc"]
+                save_model(self.out / "model_best.pt", self.net, self.cfg, self.ch, p.history)
+        p.epoch, p.step, p.loss_sum, p.count = p.epoch + 1, 0, 0.0, 0
+        self.save()
 
-def end_epoch(net: Net, val_loader, rt: Runtime, ch: Challenge, cfg: Config,
-              state: dict[str, Any], lr: float, validate: bool) -> None:
-    """Validation, the history record, metrics.jsonl and model_best.pt (rank 0)."""
-    metrics = evaluate(net, val_loader, rt, ch.classes) if validate else {}
-    views = metrics.pop("_views", {"failed": []})
-    state["unreadable"].update({str(ch.train_samples[i][0]): e for i, e in views["failed"]})
-    record = {"epoch": state["epoch"] + 1, "lr": lr,
-              "train_loss": state["loss_sum"] / max(state["count"], 1),
-              "train_images": state["count"], **metrics}
-    state["history"].append(record)
-    log.info("epoch %d: train loss %.4f, val acc %s", record["epoch"], record["train_loss"],
-             f"{record.get('val_acc', float('nan')):.4f}")
-    out = Path(cfg.output_dir)
-    write_history(out, state["history"])
-    if record.get("val_acc", -1) > state["best_val"]:
-        state["best_val"] = record["val_acc"]
-        save_model(out / "model_best.pt", net, cfg, ch, None, state["history"])
+    def run(self, indices: list[int], keep: dict[str, str]) -> dict[str, Any]:
+        """The network's outputs on the central views of training images `indices`."""
+        self.net.eval()
+        return run_images(classifier_forward(self.net), self.images, indices, self.eval_plan,
+                          self.rt, batch_images=self.cfg.batch_size * 2,
+                          workers=self.workers, keep=keep, labels=self.labels)
 
+    def evaluate(self) -> dict[str, Any]:
+        """Validation loss, accuracy and per-class accuracy (unreadable files reported)."""
+        out = self.run(self.val_idx, {"logits": "first"})
+        self.progress.unreadable.update(
+            {str(self.ch.train_samples[i][0]): e for i, e in out["failed"]})
+        logits, labels = torch.from_numpy(out["logits"]), torch.from_numpy(out["labels"])
+        pred = logits.argmax(1)
+        per_class = {self.ch.classes[c]: round(float((pred[labels == c] == c).float().mean()), 6)
+                     for c in sorted(set(labels.tolist()))}
+        return {"val_loss": float(nn.functional.cross_entropy(logits, labels)),
+                "val_acc": float((pred == labels).float().mean()), "val_per_class": per_class}
 
-def stopped_summary(out: Path, reason: str, path: Path | None, rt: Runtime) -> dict[str, Any]:
-    summary = {"status": "stopped", "reason": reason, "checkpoint": str(path) if path else None}
-    if rt.is_main:
-        ckpt.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    def stopped(self, reason: str, path: Path | None) -> dict[str, Any]:
+        summary = {"status": "stopped", "reason": reason,
+                   "checkpoint": str(path) if path else None}
+        if self.rt.is_main:
+            ckpt.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def finish(self) -> dict[str, Any]:
+        """After the last epoch (rank 0): metrics and the list of files not trained on."""
+        ch, p = self.ch, self.progress
+        write_history(self.out, p.history)
+        unreadable = {**{str(ch.train_samples[i][0]): e for i, e in self.skipped.items()},
+                      **p.unreadable}
+        if unreadable:
+            log.info("skipped %d unreadable training images (listed in summary.json):",
+                     len(unreadable))
+            for path, err in sorted(unreadable.items())[:20]:
+                log.info("  %s: %s", path, err)
+        lost = ch.classes_without_readable_files([Path(p) for p in unreadable])
+        if lost:
+            log.warning("no readable training image, so nothing learnt, for class(es) %s: "
+                        "replace their files (summary.json lists them)",
+                        ", ".join(ch.classes[c] for c in lost))
+        return {"status": "done", "epochs": p.epoch, "train_images": len(self.train_idx),
+                "val_images": len(self.val_idx), "unreadable": unreadable,
+                "ignored": {str(path): why for path, why in ch.ignored.items()},
+                "val_acc": p.history[-1].get("val_acc") if p.history else None}
 
 
 def train_step(model: nn.Module, opt, scaler, rt: Runtime, x: torch.Tensor, y: torch.Tensor,
@@ -372,51 +451,13 @@ def attribute_targets(attributes: np.ndarray) -> torch.Tensor:
     return torch.from_numpy((attributes - lo) / np.maximum(hi - lo, 1e-8)).float()
 
 
-def fit_zero_shot(net: Net, cfg: Config, ch: Challenge, images, labels, train_idx, val_idx,
-                  rt: Runtime, workers: int, attributes: np.ndarray, source: str):
-    """Features of every training image -> protocol -> the zero-shot head (zeroshot.py)."""
-    views = Views(images, labels, cfg.image_size, "eval", cfg.seed,
-                  fast_augment=cfg.fast_augment)
-
-    def feats(idx: list[int]) -> dict[str, np.ndarray]:
-        loader = make_loader(views, EpochBatches(idx, cfg.batch_size * 2, cfg.seed), workers,
-                             rt.device.type == "cuda")
-        return run_views(net, loader, rt)
-
-    tr = feats(train_idx)
-    if len(val_idx) and len(ch.seen) >= 2:
-        va = feats(val_idx)
-        report = leave_classes_out(tr["features"], tr["labels"], va["features"], va["labels"],
-                                   va["logits"], attributes, ch.seen, cfg.zs_folds, cfg.seed)
-    else:  # nothing held out to tune on: fixed, middle-of-the-road choices
-        log.warning("zero-shot: no validation images or fewer than 2 seen classes; "
-                    "using lam=1, gamma=0.1 untuned")
-        va = {"features": tr["features"][:0], "labels": tr["labels"][:0]}
-        report = {"lam": 1.0, "gamma": 0.1, "folds": [], "untuned": True}
-    report["attributes"] = source
-    gamma = None if cfg.zs_gamma == "auto" else float(cfg.zs_gamma)
-    head = fit_head(np.concatenate([tr["features"], va["features"]]),
-                    np.concatenate([tr["labels"], va["labels"]]), attributes, ch.seen, report,
-                    gamma)
-    ckpt.atomic_write_text(Path(cfg.output_dir) / "zeroshot.json",
-                           json.dumps(report, indent=2) + "\n")
-    if report.get("untuned"):
-        return head
-    log.info("zero-shot protocol (%d folds of pseudo-unseen classes): u %.3f s %.3f H %.3f "
-             "expected accuracy %.3f at gamma %.2f; gamma 0: u %.3f s %.3f H %.3f; never "
-             "unseen: accuracy %.3f", len(report["folds"]), report["u"], report["s"],
-             report["H"], report["acc"], head.gamma, report["gamma0"]["u"],
-             report["gamma0"]["s"], report["gamma0"]["H"], report["never_unseen"]["acc"])
-    return head
-
-
-def save_model(path: Path, net: Net, cfg: Config, ch: Challenge, head, history) -> None:
-    """Everything predict needs, self-contained (no weights download at prediction time)."""
-    n_attributes = net.attr_head.out_features if net.attr_head is not None else 0
+def save_model(path: Path, net: Net | None, cfg: Config, ch: Challenge, history) -> None:
+    """Everything predict needs, self-contained (no weights download at prediction time):
+    the fine-tuned network (None for a run of image-text experts only), config, classes."""
+    n_attributes = net.attr_head.out_features if net is not None and net.attr_head else 0
     ckpt.atomic_torch_save({"config": cfg.to_dict(), "classes": ch.classes, "seen": ch.seen,
-                            "n_attributes": n_attributes,
-                            "unseen": ch.unseen, "state_dict": net.state_dict(),
-                            "zero_shot": head.to_state() if head else None,
+                            "unseen": ch.unseen, "n_attributes": n_attributes,
+                            "state_dict": net.state_dict() if net is not None else None,
                             "history": history}, path)
 
 
@@ -425,7 +466,7 @@ def write_history(out: Path, history: list[dict]) -> None:
                            "".join(json.dumps(r) + "\n" for r in history))
 
 
-def progress(loader, desc: str, rt: Runtime):
+def progress_bar(loader, desc: str, rt: Runtime):
     from tqdm.auto import tqdm
 
     return tqdm(loader, desc=desc, disable=not rt.is_main, leave=False, mininterval=2)

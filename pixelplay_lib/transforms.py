@@ -142,10 +142,13 @@ def reference_augment(img: Image.Image, p: AugmentParams, size: int) -> torch.Te
     return TF.normalize(TF.to_tensor(x), IMAGENET_MEAN, IMAGENET_STD)
 
 
-def normalize(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 NxCxHxW (on any device) -> float, ImageNet-normalised."""
-    mean = torch.tensor(IMAGENET_MEAN, device=batch.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=batch.device).view(1, 3, 1, 1) * 255
+def normalize(batch: torch.Tensor, mean: torch.Tensor | None = None,
+              std: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 NxCxHxW (on any device) -> float, normalised by mean / std (0..255 scale,
+    shaped 1xCx1x1; default: ImageNet's, the torchvision backbones' normalisation)."""
+    if mean is None or std is None:
+        mean = torch.tensor(IMAGENET_MEAN, device=batch.device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(IMAGENET_STD, device=batch.device).view(1, 3, 1, 1) * 255
     # In place on the one new float tensor: the same values as (x - mean) / std, without two
     # more batch-sized allocations (on CPU those page faults cost ~15x the arithmetic).
     return batch.to(torch.float32, copy=True).sub_(mean).div_(std)

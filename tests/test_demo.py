@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from pixelplay_lib.demo import UNSEEN, load_attributes, render, write_demo_dataset
+from pixelplay_lib.data import bundled_attributes
+from pixelplay_lib.demo import UNSEEN, render, strengths, write_demo_dataset
 
 # Measured with the defaults (seed 0): unseen 0.483 (chance 0.10), seen 0.690 (chance 0.025);
 # seeds 1-3: unseen 0.45-0.56, seen 0.68-0.72; seed 4 with 2,000 test images: 0.532 / 0.701.
@@ -51,7 +52,7 @@ def test_layout(demo):
     assert len(raw) == 50 and raw[0] == "     1\tantelope"
     assert "     9\tblue+whale " in raw  # trailing space, as in the real file
     classes = read_classes(root)
-    assert classes == load_attributes()[0]
+    assert classes == bundled_attributes()[0]
     train = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     assert train == sorted(set(classes) - set(UNSEEN)) and len(train) == 40
     counts = [len(list((root / "train" / c).glob("*.jpg"))) for c in train]
@@ -158,10 +159,8 @@ def test_deterministic_for_a_seed(tmp_path):
 
 
 def test_bench_sized_images_look_like_photos():
-    from pixelplay_lib.demo import _strengths
-
-    classes, names, matrix = load_attributes()
-    att = _strengths(names, matrix)[classes.index("zebra")]
+    classes, names, matrix = bundled_attributes()
+    att = strengths(names, matrix)[classes.index("zebra")]
     im = render(att, np.random.default_rng(0), (1200, 900))
     assert im.size == (1200, 900) and im.mode == "RGB"
     buf = io.BytesIO()
@@ -211,7 +210,7 @@ def ridge(x: np.ndarray, y: np.ndarray, lam: float = 30.0) -> np.ndarray:
 
 def learnability(out: Path, root: Path) -> tuple[float, float]:
     """(unseen zero-shot accuracy among the 10 unseen, seen accuracy among the 40)."""
-    classes, _, matrix = load_attributes()
+    classes, _, matrix = bundled_attributes()
     att = np.where(matrix < 0, np.nan, matrix)
     att = np.where(np.isnan(att), np.nanmean(att, 0), att) / 100.0
     att -= att.mean(0)

@@ -154,7 +154,9 @@ def test_push_kernel_default_train(box: Sandbox, fake: FakeKaggle) -> None:
     assert body["enableGpu"] is True
     assert body["isPrivate"] is True
     assert body["enableInternet"] is True  # torchvision fetches the ImageNet weights
-    assert body["machineShape"] == "NvidiaTeslaP100"
+    assert body["machineShape"] == "NvidiaTeslaT4"  # the P100 has no kernels in Kaggle's torch
+    assert "dockerImage" not in body and "dockerImagePinningType" not in body  # Kaggle's image
+    assert body.get("modelDataSources", []) == []
     assert body["competitionDataSources"] == [COMPETITION]
     assert body["datasetDataSources"] == [f"{USER}/pixelplay-lib"]
     assert body["kernelDataSources"] == [f"{USER}/pixelplay-train"]  # resume from itself
@@ -168,7 +170,7 @@ def test_push_kernel_default_train(box: Sandbox, fake: FakeKaggle) -> None:
     assert pushed["cells"][1]["outputs"] == []
     assert pushed["cells"][1]["execution_count"] is None
 
-    assert "retired" in out and "ACCELERATOR=NvidiaTeslaT4" in out
+    assert "WARNING" not in out and "retired" not in out
     staged = box.build / "kernel-train"
     assert sorted(p.name for p in staged.iterdir()) == ["kernel-metadata.json", "train.ipynb"]
     meta = json.loads((staged / "kernel-metadata.json").read_text())
@@ -189,6 +191,51 @@ def test_push_kernel_infer_on_t4_with_extra_datasets(box: Sandbox, fake: FakeKag
     assert body["competitionDataSources"] == [COMPETITION]
     assert "print('infer')" in json.loads(body["text"])["cells"][1]["source"]
     assert "retired" not in out
+
+
+def test_push_kernel_p100_warns_why_and_still_asks_for_it(box: Sandbox, fake: FakeKaggle) -> None:
+    out = ok(box.make("push-kernel", "NB=explore", "ACCELERATOR=NvidiaTeslaP100")).stdout
+    assert fake.one(SAVE).json["machineShape"] == "NvidiaTeslaP100"  # the user's choice stands
+    warning = next(line for line in out.splitlines() if line.startswith("WARNING:"))
+    for why in ("sm_60", "no kernel image is available", "quota", "issue 1151",  # why
+                "ACCELERATOR=NvidiaTeslaT4", "NvidiaL4", "DOCKER_IMAGE=", "PIN=original"):  # fix
+        assert why in warning
+
+
+def test_accelerator_warnings() -> None:
+    for fine in ("NvidiaTeslaT4", "NvidiaL4", "NvidiaH100", ""):
+        assert ops.accelerator_warning(fine) is None
+    assert "issue 1151" in ops.accelerator_warning("nvidiateslap100")  # any case
+    assert "CPU" in ops.accelerator_warning("TpuV5E8")  # pixelplay has no TPU path
+
+
+def test_push_kernel_passes_image_pinning_and_models(box: Sandbox, fake: FakeKaggle) -> None:
+    image = "gcr.io/kaggle-gpu-images/python:v160"
+    models = ["owner1/clip/transformers/vit-b-32/1", "owner2/siglip/pytorch/base/3"]
+    ok(box.make("push-kernel", "NB=infer", f"DOCKER_IMAGE={image}", "PIN=original",
+                f"MODELS={' '.join(models)}"))
+    body = fake.one(SAVE).json
+    # What kaggle 2.2.5 sends (ApiSaveKernelRequest, kernels_push in kaggle_api_extended.py)
+    assert body["dockerImage"] == image
+    assert body["dockerImagePinningType"] == "original"
+    assert body["modelDataSources"] == models
+    assert body["enableInternet"] is True
+    meta = json.loads((box.build / "kernel-infer" / "kernel-metadata.json").read_text())
+    assert meta["docker_image"] == image and meta["docker_image_pinning_type"] == "original"
+    assert meta["model_sources"] == models
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("PIN=newest", "PIN=original"),
+    ("MODELS=owner/clip/transformers/vit-b-32", "owner/model/framework/variation/version"),
+    ("MODELS=owner/clip/transformers/vit-b-32/latest", "version number"),
+    ("DOCKER_IMAGE=gcr.io/a:1 gcr.io/b:2", "one registry/name:tag"),
+])
+def test_push_kernel_refuses_bad_values_before_any_request(box: Sandbox, fake: FakeKaggle,
+                                                           assignment: str, message: str) -> None:
+    text = failed(box.make("push-kernel", "NB=explore", assignment))
+    assert message in text
+    assert fake.requests == []
 
 
 def test_push_kernel_explore_has_no_kernel_sources(box: Sandbox, fake: FakeKaggle) -> None:
@@ -465,10 +512,13 @@ def test_dataset_template_satisfies_the_cli_rules() -> None:
 def test_kernel_template_renders_lists() -> None:
     template = json.loads((REPO / "kernel-metadata.json").read_text())
     meta = ops.render(template, {"KAGGLE_USER": "u1", "NB": "infer", "ACCELERATOR": "X",
+                                 "DOCKER_IMAGE": "", "PIN": "", "MODELS": ["o/m/f/v/1"],
                                  "DATASETS": [], "KERNEL_SOURCES": ["u1/pixelplay-train"]})
     assert meta["id"] == "u1/pixelplay-infer" and meta["code_file"] == "infer.ipynb"
     assert meta["dataset_sources"] == ["u1/pixelplay-lib"]
     assert meta["kernel_sources"] == ["u1/pixelplay-train"]
+    assert meta["model_sources"] == ["o/m/f/v/1"]
+    assert meta["enable_internet"] is True
     assert meta["kernel_type"] == "notebook" and meta["enable_gpu"] is True
     assert meta["is_private"] is True and meta["competition_sources"] == [COMPETITION]
     with pytest.raises(ops.OpsError):

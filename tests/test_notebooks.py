@@ -5,7 +5,11 @@ small demo dataset (about a minute in all)."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pixelplay_lib.config import field_names
+from pixelplay_lib.config import Config
 from pixelplay_lib.demo import write_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,6 +26,9 @@ NOTEBOOKS = REPO / "notebooks"
 NAMES = ("explore", "train", "infer")
 # Parameters that are not Config fields (each notebook's own knobs).
 EXTRA_PARAMETERS = {"preset", "answers", "n_show", "samples_per_class"}
+# The notebooks that build a Config take every field as a parameter.
+CONFIG_NOTEBOOKS = ("train", "infer")
+CONFIG_FIELDS = {f.name for f in dataclasses.fields(Config)}
 
 
 def cells(path: Path) -> list[tuple[str, str, list[str]]]:
@@ -50,13 +57,21 @@ def test_pair_in_sync(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_parameters_are_config_fields(name: str) -> None:
     tree = ast.parse(parameters_cell(NOTEBOOKS / f"{name}.py"))
-    names = {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+    # `_declared` (the names at the cell's end, for the unknown-parameter check) is no
+    # parameter; it must be the cell's last statement, after every parameter.
+    assert ast.unparse(tree.body[-1]) == "_declared = set(dir())", f"{name}: last line"
+    body = tree.body[:-1]
+    names = {t.id for node in body if isinstance(node, ast.Assign) for t in node.targets
              if isinstance(t, ast.Name)}
     assert {"data_root", "output_dir"} <= names
-    unknown = names - set(field_names()) - EXTRA_PARAMETERS
+    unknown = names - CONFIG_FIELDS - EXTRA_PARAMETERS
     assert not unknown, f"{name}: parameters that are no Config field: {sorted(unknown)}"
+    if name in CONFIG_NOTEBOOKS:
+        missing = CONFIG_FIELDS - names
+        assert not missing, (f"{name}.py: add `{' = None`, `'.join(sorted(missing))} = None` "
+                             "to its parameters cell (every Config field is a parameter)")
     # Kaggle-ready defaults: the notebooks run there unchanged.
-    values = {t.id: ast.literal_eval(node.value) for node in tree.body
+    values = {t.id: ast.literal_eval(node.value) for node in body
               if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
     assert values["output_dir"] == "/kaggle/working" and values["data_root"] == ""
 
@@ -71,30 +86,6 @@ def test_config_fixes_papermill_type_guesses() -> None:
     assert (cfg.devices, cfg.milestones, cfg.zs_gamma, cfg.cache) == ("1", (16,), "0.3", False)
     assert isinstance(cfg.lr, float)
     assert cfg.epochs == PRESETS["demo"]["epochs"]  # None = the preset's value
-
-
-def test_find_model(tmp_path: Path) -> None:
-    from pixelplay_lib.report import find_model
-
-    inputs, out = tmp_path / "input", tmp_path / "working"
-    out.mkdir()
-    with pytest.raises(FileNotFoundError, match="pixelplay-train"):
-        find_model("", out, inputs)
-    challenge = inputs / "competition" / "vlg-dataset"
-    (challenge / "train" / "fox").mkdir(parents=True)
-    (challenge / "classes.txt").write_text("fox\n")
-    (challenge / "train" / "model.pt").write_bytes(b"x")  # in the data's image folders: ignored
-    with pytest.raises(FileNotFoundError):
-        find_model("", out, inputs)
-    (inputs / "pixelplay-train").mkdir()
-    (inputs / "pixelplay-train" / "model.pt").write_bytes(b"x")
-    assert find_model("", out, inputs) == inputs / "pixelplay-train" / "model.pt"
-    (out / "model.pt").write_bytes(b"x")  # the output folder's own model wins
-    assert find_model("", out, inputs) == out / "model.pt"
-    assert find_model(str(inputs / "pixelplay-train" / "model.pt"), out, inputs).parent.name \
-        == "pixelplay-train"
-    with pytest.raises(FileNotFoundError, match="model_path"):
-        find_model(str(tmp_path / "nope.pt"), out, inputs)
 
 
 # --------------------------------------------------------------------------- execution
@@ -184,3 +175,99 @@ def test_kernel_is_this_interpreter() -> None:
 
     spec = KernelSpecManager().get_kernel_spec("python3")
     assert spec.argv[0] in ("python", "python3", sys.executable), spec.argv
+
+
+# --------------------------------------------------------------------------- parameters
+def test_notebook_config_takes_declared_fields_and_refuses_unknown_names() -> None:
+    from pixelplay_lib.config import check_parameters, notebook_config
+
+    declared = {"preset", "lr_gamma", "milestones", "epochs", "answers", "sys"}
+    namespace = {"preset": "demo", "lr_gamma": 0.5, "milestones": "[3, 4]", "epochs": None,
+                 "answers": "", "sys": sys, "_hidden": 1}
+    check_parameters(namespace, declared)  # nothing undeclared
+    cfg = notebook_config(namespace, declared, epochs=2)
+    assert (cfg.lr_gamma, cfg.milestones, cfg.epochs, cfg.arch) == (0.5, (3, 4), 2, "resnet18")
+    for typo in ("lr_gamm", "milestone"):
+        with pytest.raises(ValueError, match=f"unknown notebook parameter.*{typo}") as info:
+            check_parameters({**namespace, typo: 1}, declared)
+        assert "lr_gamma" in str(info.value) and "sys" not in str(info.value)
+
+
+def test_papermill_unknown_parameter_stops_the_notebook(tmp_path: Path) -> None:
+    import papermill
+
+    for name, typo in (("train", "lr_gamm"), ("infer", "tta_vote")):
+        with pytest.raises(papermill.PapermillExecutionError, match=typo):
+            execute(name, tmp_path, **{typo: 0.5, "data_root": str(tmp_path / "none")})
+
+
+def test_papermill_values_reach_the_config(tmp_path: Path) -> None:
+    """`-p milestones "[16, 21]"` and the fields the train notebook used to lack (lr_gamma,
+    zs_folds) reach the Config; the run then stops on the missing data, after printing it."""
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError, match="does not exist"):
+        execute("train", tmp_path, milestones="[16, 21]", lr_gamma=0.5, zs_folds=3,
+                data_root=str(tmp_path / "none"), output_dir=str(tmp_path / "out"))
+    cells_out = json.loads((tmp_path / "train.ipynb").read_text())["cells"]
+    texts = ["".join(o.get("text", "")) for c in cells_out for o in c.get("outputs", [])]
+    printed = json.loads(next(t for t in texts if '"milestones"' in t))  # the config cell's
+    assert (printed["milestones"], printed["lr_gamma"], printed["zs_folds"]) == ([16, 21], 0.5,
+                                                                                3)
+
+
+# --------------------------------------------------------------------------- sync
+def sync(*paths: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tools" / "sync_notebooks.py"),
+                           *map(str, paths)], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def nb_copy(tmp_path: Path) -> Path:
+    """A copy of notebooks/ whose .ipynb files are older than their .py."""
+    folder = tmp_path / "notebooks"
+    shutil.copytree(NOTEBOOKS, folder)
+    for name in NAMES:
+        os.utime(folder / f"{name}.ipynb", (1e9, 1e9))
+    return folder
+
+
+def test_sync_writes_the_ipynb_from_the_py_only(nb_copy: Path) -> None:
+    py = nb_copy / "train.py"
+    py.write_text(py.read_text() + "\n# %%\nprint('edited in the py')\n")
+    result = sync(*(nb_copy / f"{n}.py" for n in NAMES))
+    assert result.returncode == 0, result.stderr
+    assert "print('edited in the py')" in (nb_copy / "train.ipynb").read_text()
+    assert cells(nb_copy / "train.ipynb") == cells(py)
+    assert "wrote" not in result.stdout.replace(f"wrote {nb_copy / 'train.ipynb'}", "")
+
+
+@pytest.mark.parametrize("name", ["train", "infer"])
+def test_sync_stops_when_the_ipynb_has_its_own_edits(nb_copy: Path, name: str) -> None:
+    py, ipynb = nb_copy / f"{name}.py", nb_copy / f"{name}.ipynb"
+    py.write_text(py.read_text() + "\n# %%\nprint('py edit')\n")
+    os.utime(py, (2e9, 2e9))
+    nb = jupytext.read(ipynb)
+    nb.cells[-1].source += "\nprint('autosaved ipynb edit')"
+    jupytext.write(nb, ipynb)  # now newer than the .py, and different
+    os.utime(ipynb, (2e9 + 10, 2e9 + 10))
+    before = py.read_bytes()
+    result = sync(py)
+    assert result.returncode == 2
+    assert str(ipynb) in result.stderr and f"touch {py}" in result.stderr
+    assert f"jupytext --to py:percent {ipynb}" in result.stderr
+    assert py.read_bytes() == before  # the edit in the .py is never lost
+
+
+def test_make_sync_uses_the_py_as_the_source(nb_copy: Path) -> None:
+    ipynb = nb_copy / "explore.ipynb"
+    nb = jupytext.read(ipynb)
+    nb.cells[-1].source += "\nprint('ipynb edit')"
+    jupytext.write(nb, ipynb)
+    py_before = (nb_copy / "explore.py").read_bytes()
+    # -o: never rebuild the venv from inside a test
+    result = subprocess.run(["make", "-s", "-o", ".venv/.installed-stamp", "sync",
+                             f"NOTEBOOK_DIR={nb_copy}"], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0 and "explore.ipynb is newer" in result.stderr
+    assert (nb_copy / "explore.py").read_bytes() == py_before

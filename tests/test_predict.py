@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from pixelplay_lib.pipeline import EpochBatches, Views, make_loader
+from pixelplay_lib.inference import ViewPlan, run_images
+from pixelplay_lib.pipeline import EpochBatches
 from pixelplay_lib.predict import vote, write_submission
 from pixelplay_lib.runtime import Runtime
-from pixelplay_lib.train import run_views
 
 
 class ArrayImages:
@@ -34,26 +34,58 @@ class CountingNet(torch.nn.Module):
         self.batch_sizes = []
         self.lin = torch.nn.Linear(3, 4)
 
-    def forward_both(self, x):
+    def forward(self, x):
         self.batch_sizes.append(len(x))
         f = x.mean((2, 3))
-        return self.lin(f), f
+        return {"logits": self.lin(f), "features": f, "pixels": x}
+
+
+CPU = Runtime(torch.device("cpu"), None, False)
 
 
 @pytest.mark.parametrize("votes", [1, 7])
 def test_voting_runs_every_view_in_batches(votes):
     n = 10
-    views = Views(ArrayImages(n), [0] * n, 16, "votes", seed=0, votes=votes)
-    loader = make_loader(views, EpochBatches(range(n), 4, 0), 0, False)
     net = CountingNet()
-    out = run_views(net, loader, Runtime(torch.device("cpu"), None, False))
+    out = run_images(net, ArrayImages(n), range(n), ViewPlan(16, votes=votes), CPU,
+                     batch_images=4, workers=0, keep={"logits": "all", "features": "first"})
     # every image: one central view + `votes` augmented ones, never one image at a time
-    assert sum(net.batch_sizes) == n * (votes + 1)
     assert net.batch_sizes == [4 * (votes + 1)] * 2 + [2 * (votes + 1)]
     assert out["logits"].shape == (n, votes + 1, 4)
-    assert sorted(out["index"]) == list(range(n))
-    if votes > 1:  # the augmented views differ from each other
-        assert not np.allclose(out["features"][:, 1], out["features"][:, 2])
+    assert out["features"].shape == (n, 3)  # only the central view's: nothing more is kept
+    assert "pixels" not in out
+    assert list(out["index"]) == list(range(n))
+
+
+def test_views_order_flip_and_reductions():
+    """Results follow the caller's order; the flip view mirrors the central one; "mean"
+    averages over views."""
+    order = [4, 0, 3]
+    keep = {"pixels": "all", "features": "mean"}
+    out = run_images(CountingNet(), ArrayImages(5), order, ViewPlan(16, votes=2, flip=True),
+                     CPU, batch_images=2, workers=0, keep=keep, labels=[7, 8, 9, 10, 11])
+    assert list(out["index"]) == order and list(out["labels"]) == [11, 7, 10]
+    pixels = out["pixels"]
+    assert pixels.shape == (3, 4, 3, 16, 16)
+    assert np.array_equal(pixels[:, 1], pixels[:, 0][..., ::-1])
+    assert not np.allclose(pixels[:, 2], pixels[:, 3])  # two different augmented votes
+    assert np.allclose(out["features"], pixels.mean((3, 4)).mean(1), atol=1e-5)
+
+
+def test_undecodable_images_are_left_out_or_kept_black():
+    class Broken(ArrayImages):
+        def get(self, i):
+            if i == 1:
+                raise OSError("truncated")
+            return super().get(i)
+
+    keep = {"features": "first"}
+    left = run_images(CountingNet(), Broken(3), range(3), ViewPlan(16), CPU, batch_images=2,
+                      workers=0, keep=keep)
+    assert list(left["index"]) == [0, 2] and left["failed"][0][0] == 1
+    kept = run_images(CountingNet(), Broken(3), range(3), ViewPlan(16), CPU, batch_images=2,
+                      workers=0, keep=keep, keep_failed=True)
+    assert list(kept["index"]) == [0, 1, 2] and "truncated" in kept["failed"][0][1]
 
 
 def test_hard_and_soft_vote():

@@ -30,7 +30,7 @@ def train_args(data: Path, out: Path, *extra: str) -> list[str]:
 
 def final_state(out: Path) -> dict:
     model = torch.load(out / "model.pt", weights_only=True)
-    last = torch.load(list_checkpoints([out])[0], weights_only=True)
+    last = torch.load(list_checkpoints(out)[0], weights_only=True)
     return {"model": model["state_dict"], "optimizer": last["optimizer"],
             "metrics": (out / "metrics.jsonl").read_text(), "zero_shot": model["zero_shot"]}
 
@@ -73,7 +73,7 @@ def test_killed_anywhere_then_resumed_is_bit_identical(demo_dir, tmp_path, refer
         # Wait for fresh progress, then kill after a random delay: mid-step, mid-write...
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            found = list_checkpoints([out])
+            found = list_checkpoints(out)
             if found and progress_of(found[0]) > progress:
                 progress = progress_of(found[0])
                 break
@@ -93,7 +93,7 @@ def test_corrupt_newest_checkpoint_falls_back(demo_dir, tmp_path, reference):
     out = tmp_path / "corrupt"
     first = run_cli(*train_args(demo_dir, out, "--num-workers", "0", "--epochs", "2"))
     assert first.returncode == 0, first.stderr[-2000:]
-    newest = list_checkpoints([out])[0]
+    newest = list_checkpoints(out)[0]
     assert newest.name.startswith("ckpt-e0002")
     newest.write_bytes(newest.read_bytes()[:1000])  # a truncated write / upload
     done = run_cli(*train_args(demo_dir, out, "--num-workers", "0"))
@@ -112,7 +112,7 @@ def test_checkpoint_cannot_run_code(tmp_path):
     torch.save({"ok": torch.ones(1)}, good)
     with open(tmp_path / "ckpt-e0009-s0000000.pt", "wb") as f:
         pickle.dump({"x": Evil()}, f)
-    loaded, path = load_newest([tmp_path])
+    loaded, path = load_newest(list_checkpoints(tmp_path))
     assert path == good and not (tmp_path / "pwned").exists()
 
 
@@ -135,7 +135,7 @@ def test_time_limit_stops_cleanly_and_resumes(demo_dir, tmp_path, reference):
     assert stopped.returncode == 0
     assert "stopped by time limit" in stopped.stdout
     assert "Run the same command again" in stopped.stdout
-    assert not (out / "model.pt").exists() and list_checkpoints([out])
+    assert not (out / "model.pt").exists() and list_checkpoints(out)
     done = run_cli(*train_args(demo_dir, out, "--num-workers", "0"))
     assert done.returncode == 0
     assert_identical(final_state(out), reference)
@@ -147,17 +147,18 @@ def test_sigterm_stops_cleanly_with_a_checkpoint(demo_dir, tmp_path):
                              *train_args(demo_dir, out, "--num-workers", "0", "--epochs", "50")],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not list_checkpoints([out]) and time.monotonic() < deadline:
+    while not list_checkpoints(out) and time.monotonic() < deadline:
         time.sleep(0.2)  # wait for the end of the first epoch
     proc.send_signal(signal.SIGTERM)
     stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0
     assert "stopped by SIGTERM" in stdout
-    assert progress_of(list_checkpoints([out])[0]) >= (1, 0)
+    assert progress_of(list_checkpoints(out)[0]) >= (1, 0)
 
 
 def test_resumes_from_an_earlier_run_attached_as_input(demo_dir, tmp_path, reference):
-    """On Kaggle a previous kernel version's output appears under /kaggle/input."""
+    """On Kaggle a previous kernel version's output appears under /kaggle/input; the new
+    version re-saves what it resumed from at once (its own output continues the chain)."""
     earlier = tmp_path / "inputs" / "pixelplay-train"
     assert run_cli(*train_args(demo_dir, earlier, "--num-workers", "0", "--epochs", "2")
                    ).returncode == 0
@@ -168,3 +169,66 @@ def test_resumes_from_an_earlier_run_attached_as_input(demo_dir, tmp_path, refer
     assert done.returncode == 0 and "resumed from" in done.stdout
     assert str(earlier) in done.stdout
     assert_identical(final_state(out), reference)
+    assert [p.name for p in list_checkpoints(out)] == ["ckpt-e0003-s0000000.pt",
+                                                       "ckpt-e0002-s0000000.pt"]
+    assert (out / "model_best.pt").is_file()
+
+
+def test_a_finished_run_resumed_leaves_its_checkpoint_in_the_new_output(demo_dir, tmp_path):
+    """A version that finds training already complete still leaves a resumable checkpoint
+    (and model_best.pt) in its own output, or the next version would start from zero."""
+    earlier = tmp_path / "inputs" / "pixelplay-train"
+    args = train_args(demo_dir, earlier, "--num-workers", "0", "--epochs", "1")
+    assert run_cli(*args).returncode == 0
+    out = tmp_path / "next"
+    args[args.index("--output-dir") + 1] = str(out)
+    args[args.index("--input-root") + 1] = str(tmp_path / "inputs")
+    done = run_cli(*args)
+    assert done.returncode == 0 and "resumed from" in done.stdout
+    assert [p.name for p in list_checkpoints(out)] == ["ckpt-e0001-s0000000.pt"]
+    assert (out / "model_best.pt").is_file() and (out / "model.pt").is_file()
+
+
+def test_an_earlier_run_in_a_sub_folder_is_neither_resumed_nor_pruned(demo_dir, tmp_path):
+    out = tmp_path / "working"
+    nested = out / "exp1"
+    assert run_cli(*train_args(demo_dir, nested, "--num-workers", "0", "--epochs", "2")
+                   ).returncode == 0
+    before = list_checkpoints(nested)
+    done = run_cli(*train_args(demo_dir, out, "--num-workers", "0", "--epochs", "1"))
+    assert done.returncode == 0 and "resumed from" not in done.stdout
+    assert list_checkpoints(nested) == before and len(before) == 2
+    assert [p.name for p in list_checkpoints(out)] == ["ckpt-e0001-s0000000.pt"]
+
+
+@pytest.mark.parametrize("saved_enabled, now_enabled", [(False, True), (True, False),
+                                                        (True, True), (False, False)])
+def test_grad_scaler_state_moves_between_precisions(saved_enabled, now_enabled):
+    """A checkpoint from CPU / bf16 / amp=off (scaler disabled, empty state) resumes with
+    fp16 (scaler enabled, e.g. on a T4), and the reverse. An enabled scaler runs on CPU
+    too, which stands in here for the GPU case."""
+    from pixelplay_lib.train import restore_scaler
+
+    saved = torch.amp.GradScaler("cpu", enabled=saved_enabled, init_scale=1024.0)
+    now = torch.amp.GradScaler("cpu", enabled=now_enabled)
+    restore_scaler(now, saved.state_dict())
+    if saved_enabled and now_enabled:
+        assert now.get_scale() == 1024.0
+    elif now_enabled:
+        assert now.get_scale() == 2.0 ** 16  # the initial scale: re-tuned in a few steps
+
+
+def test_legacy_rng_states_are_ignored(demo_dir, tmp_path):
+    """Checkpoints once carried per-GPU CUDA RNG states (2 entries on T4 x2), which crashed
+    a 1-GPU resume. Nothing random depends on saved states now (every draw is a function
+    of seed, epoch, step, sample): such a checkpoint resumes anywhere."""
+    out = tmp_path / "legacy"
+    assert run_cli(*train_args(demo_dir, out, "--num-workers", "0", "--epochs", "1")
+                   ).returncode == 0
+    path = list_checkpoints(out)[0]
+    payload = torch.load(path, weights_only=True)
+    payload["rng"] = {"cuda": [torch.zeros(16, dtype=torch.uint8)] * 2}
+    payload["scaler"] = {}
+    torch.save(payload, path)
+    done = run_cli(*train_args(demo_dir, out, "--num-workers", "0", "--epochs", "2"))
+    assert done.returncode == 0 and "resumed from" in done.stdout

@@ -39,9 +39,20 @@ REPO = Path(__file__).resolve().parents[1]
 COMPETITION = "vlg-recruitment-24-challenge"
 LIB_SLUG = "pixelplay-lib"
 KERNEL_PREFIX = "pixelplay-"
-DEFAULT_ACCELERATOR = "NvidiaTeslaP100"
-# Accelerators the CLI (2.2.5) marks retired -> what Kaggle runs instead.
-RETIRED_ACCELERATORS = {"NvidiaTeslaP100": "NvidiaTeslaT4 (GPU T4 x2)"}
+# "GPU T4 x2". Not the P100: Kaggle's default image has no kernels for it (see below).
+DEFAULT_ACCELERATOR = "NvidiaTeslaT4"
+PIN_TYPES = ("original", "latest")  # docker_image_pinning_type values the CLI accepts
+ARCH_FIX = ("Use ACCELERATOR=NvidiaTeslaT4 (the default, GPU T4 x2) or NvidiaL4, or bring an "
+            "image whose torch supports this GPU: DOCKER_IMAGE=<image> PIN=original.")
+# Accelerators that push fine but are expected to fail in the kernel (lower case -> why).
+ACCELERATOR_WARNINGS = {
+    "nvidiateslap100": (
+        "Kaggle's default image ships a PyTorch built for CUDA 12.8 without Pascal (sm_60) "
+        "kernels: on a P100 torch.cuda.is_available() is True and the first CUDA operation "
+        "fails with 'no kernel image is available', while the session counts against your "
+        "GPU quota (Kaggle/kaggle-cli issue 1151; the CLI also marks the P100 retired). The "
+        "kernel's preflight stops such a run within seconds."),
+}
 SUBMISSION_HEADER = "image_id,class"
 PLACEHOLDER = re.compile(r"\{\{([A-Z_]+)\}\}")
 
@@ -264,6 +275,51 @@ def write_json(path: Path, data: Any) -> None:
 
 
 # --------------------------------------------------------------------------- push-kernel
+def accelerator_warning(accelerator: str) -> str | None:
+    """Why `accelerator` (a kernel-metadata machine_shape) will likely fail, with the fix;
+    None when nothing is known against it. The push still goes through: the user decides."""
+    reason = ACCELERATOR_WARNINGS.get(accelerator.lower())
+    if reason:
+        return f"ACCELERATOR={accelerator} will most likely fail. {reason} {ARCH_FIX}"
+    if accelerator and not accelerator.lower().startswith("nvidia"):
+        return (f"ACCELERATOR={accelerator} has no NVIDIA GPU: pixelplay trains with CUDA or, "
+                f"very slowly, on the CPU. {ARCH_FIX}")
+    return None
+
+
+def checked_pin(pin: str) -> str:
+    """PIN= (kernel-metadata docker_image_pinning_type): '' (Kaggle's default), 'original'
+    (keep the image of the kernel's first version) or 'latest'. Raises OpsError otherwise."""
+    pin = pin.strip()
+    if pin and pin not in PIN_TYPES:
+        raise OpsError(f"PIN={pin!r} is not a docker_image_pinning_type: use PIN=original "
+                       "(keep the kernel's original image) or PIN=latest, or leave it empty.")
+    return pin
+
+
+def checked_docker_image(image: str) -> str:
+    """DOCKER_IMAGE= (kernel-metadata docker_image), e.g.
+    gcr.io/kaggle-gpu-images/python:<tag>; '' = Kaggle's default image."""
+    image = image.strip()
+    if any(c.isspace() for c in image):
+        raise OpsError(f"DOCKER_IMAGE={image!r} is not one image name: give one "
+                       "registry/name:tag, e.g. DOCKER_IMAGE=gcr.io/kaggle-gpu-images/python:TAG")
+    return image
+
+
+def split_models(text: str | None) -> list[str]:
+    """MODELS='a/b/c/d/1 ...' -> model_sources; each must be a Kaggle Models instance
+    version owner/model/framework/variation/version (version a number), as the CLI checks."""
+    refs = [r for r in re.split(r"[\s,]+", text or "") if r]
+    for ref in refs:
+        parts = ref.split("/")
+        if len(parts) != 5 or not all(parts) or not parts[4].isdigit():
+            raise OpsError(f"MODELS: {ref!r} is not owner/model/framework/variation/version "
+                           "(e.g. <owner>/<model>/transformers/<variation>/1: copy it from "
+                           "the model's page on Kaggle, version number included).")
+    return refs
+
+
 def cleared_notebook(path: Path) -> dict[str, Any]:
     """The notebook with code-cell outputs and execution counts removed."""
     try:
@@ -317,23 +373,25 @@ def cmd_push_kernel(args: argparse.Namespace, kaggle: Kaggle, user: str) -> None
         print(f"WARNING: {paired} is newer than {source}: sync the pair before pushing.")
 
     accelerator = args.accelerator.strip()
-    if accelerator in RETIRED_ACCELERATORS:
-        print(
-            f"NOTE: {accelerator} is retired; Kaggle runs this session on "
-            f"{RETIRED_ACCELERATORS[accelerator]} instead. "
-            "Ask for it explicitly with ACCELERATOR=NvidiaTeslaT4."
-        )
+    warning = accelerator_warning(accelerator)
+    if warning:
+        print(f"WARNING: {warning}")
     values: dict[str, str | list[str]] = {
         "KAGGLE_USER": user,
         "NB": nb,
         "ACCELERATOR": accelerator,
+        "DOCKER_IMAGE": checked_docker_image(args.docker_image),
+        "PIN": checked_pin(args.pin),
         "DATASETS": split_refs(args.datasets),
+        "MODELS": split_models(args.models),
         "KERNEL_SOURCES": kernel_sources_for(nb, user, args.resume_from, args.train_kernel,
                                              kaggle),
     }
     meta = render(load_template(Path(args.template)), values)
-    if not meta.get("machine_shape"):
-        meta.pop("machine_shape", None)  # ACCELERATOR= empty: Kaggle's default GPU
+    # Empty = Kaggle's choice: ACCELERATOR= its default GPU, DOCKER_IMAGE=/PIN= its image.
+    for key in ("machine_shape", "docker_image", "docker_image_pinning_type"):
+        if not meta.get(key):
+            meta.pop(key, None)
     meta["dataset_sources"] = list(dict.fromkeys(meta.get("dataset_sources", [])))
 
     stage = Path(args.stage)
@@ -514,6 +572,11 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--accelerator", default=DEFAULT_ACCELERATOR,
                       help="machine_shape, e.g. NvidiaTeslaT4; empty: Kaggle's default")
     push.add_argument("--datasets", default="", help="extra dataset_sources (owner/slug ...)")
+    push.add_argument("--models", default="",
+                      help="model_sources: owner/model/framework/variation/version ...")
+    push.add_argument("--docker-image", default="",
+                      help="docker_image; empty: Kaggle's default image")
+    push.add_argument("--pin", default="", help="docker_image_pinning_type: original | latest")
     push.add_argument("--resume-from", default=None,
                       help="train only: kernel whose output to attach (default: its own "
                            "previous run; empty: none)")

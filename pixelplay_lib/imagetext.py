@@ -1,0 +1,445 @@
+"""Image-text (vision-language) models: loading, class text embeddings, image embeddings.
+
+Any model that `transformers` loads with AutoModel + AutoProcessor and that has
+`get_image_features` / `get_text_features` works: CLIP, SigLIP, SigLIP 2, MetaCLIP. The
+weights are found in this order (`resolve_source`): `vl_model` as a local folder; a folder
+under `input_root` holding that model (a Kaggle Model or dataset attached to the kernel:
+matched by the hub id's name or by config.json's `_name_or_path`); the Hugging Face cache;
+the Hugging Face hub (only after a 3-second reachability check, so an offline machine fails
+in seconds). transformers 4.x returns the features as tensors, 5.x as output objects whose
+`.pooler_output` is the projected embedding: `as_embedding` accepts both.
+
+Image embeddings go through inference.run_images (the decoded-image cache, batches, AMP,
+optional mirrored view averaged) and are stored in output_dir/embeddings/, keyed by the
+model, the file list (sizes, mtimes) and the views, so reruns and the infer kernel reuse
+them (`find_cached` also looks below input_root, where a train kernel's output is mounted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import Config
+
+log = logging.getLogger("pixelplay")
+
+EMBEDDING_FORMAT = 1  # bump when the stored embeddings change meaning
+HUB_HOST = ("huggingface.co", 443)
+HUB_TIMEOUT_S = 3.0
+MAX_WALK_DIRS = 20000  # bounded search below input_root (Kaggle mounts hold few folders)
+MAX_WALK_DEPTH = 7  # /kaggle/input/<slug>/transformers/<variation>/<version>/ is depth 4
+TEXT_BATCH = 256
+
+
+class ModelNotFound(RuntimeError):
+    """No weights for the requested image-text model; the message says where we looked."""
+
+
+class NotImageTextModel(ValueError):
+    """The model loads but has no get_image_features / get_text_features."""
+
+
+@dataclass
+class ImageTextModel:
+    """A loaded image-text model: the transformers model and processor, where they came
+    from, and the facts the experts need."""
+
+    model: Any
+    processor: Any
+    name: str  # the requested vl_model (identity of the embeddings cache)
+    source: str  # the folder or hub id actually loaded
+
+    @property
+    def model_type(self) -> str:
+        return str(getattr(self.model.config, "model_type", ""))
+
+    @property
+    def sigmoid(self) -> bool:
+        """SigLIP family: trained on lowercased text padded to the full length."""
+        return "siglip" in self.model_type
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's learned softmax/sigmoid scale (exp of its logit_scale parameter)."""
+        scale = getattr(self.model, "logit_scale", None)
+        return float(scale.detach().float().exp().reshape(-1)[0]) if scale is not None else 100.0
+
+    def view_settings(self) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+        """(view side in px, mean, std) from the processor: the crop size when it crops,
+        else the resize size (SigLIP squashes to a square; the central crop is used here)."""
+        ip = self.processor.image_processor
+        size = ip.crop_size if getattr(ip, "do_center_crop", False) else ip.size
+        side = _get(size, "height") or _get(size, "shortest_edge")
+        if not side:
+            raise ValueError(f"{self.source}: cannot tell the image size from its processor "
+                             f"(size={size!r})")
+        return int(side), tuple(ip.image_mean), tuple(ip.image_std)
+
+
+def _get(size: Any, key: str) -> Any:
+    # processors keep sizes as dicts (transformers 4.x) or SizeDict objects (5.x)
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
+def as_embedding(output: Any) -> torch.Tensor:
+    """get_*_features output -> (n, d) tensor: transformers 4.x returns the tensor, 5.x a
+    BaseModelOutputWithPooling whose pooler_output is the projected embedding."""
+    if isinstance(output, torch.Tensor):
+        return output
+    pooled = getattr(output, "pooler_output", None)
+    if pooled is None:
+        raise TypeError(f"unexpected feature output {type(output).__name__}: neither a tensor "
+                        "nor an object with pooler_output")
+    return pooled
+
+
+# ---------------------------------------------------------------- finding the weights
+
+
+def _tokens(text: str) -> list[str]:
+    return [t for t in re.split(r"[^a-z0-9]+", text.lower()) if t]
+
+
+def _is_subsequence(needle: list[str], hay: list[str]) -> bool:
+    it = iter(hay)
+    return all(tok in it for tok in needle)
+
+
+def find_under(root: str | Path, model_id: str) -> Path | None:
+    """A folder below root with a config.json that holds model_id: its `_name_or_path` is
+    model_id (best), or the id's name part appears, token by token, in the folder's path
+    relative to root (Kaggle Models: <slug>/transformers/<variation>/<version>). Bounded
+    walk (MAX_WALK_DEPTH, MAX_WALK_DIRS); the shortest matching path wins."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    name = _tokens(model_id.split("/")[-1])
+    exact, by_name, seen = [], [], 0
+    for folder, dirs, files in os.walk(root):
+        seen += 1
+        depth = len(Path(folder).relative_to(root).parts)
+        if depth >= MAX_WALK_DEPTH or seen > MAX_WALK_DIRS:
+            dirs[:] = []
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if "config.json" not in files:
+            continue
+        try:
+            declared = json.loads((Path(folder) / "config.json").read_text()).get(
+                "_name_or_path", "")
+        except (OSError, ValueError):
+            continue
+        if declared == model_id:
+            exact.append(Path(folder))
+        elif name and _is_subsequence(name, _tokens(str(Path(folder).relative_to(root)))):
+            by_name.append(Path(folder))
+    found = sorted(exact, key=lambda p: len(str(p))) or sorted(by_name, key=lambda p: len(str(p)))
+    return found[0] if found else None
+
+
+def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
+    """True when the Hugging Face hub answers a TCP connect within `timeout` seconds and
+    offline mode (HF_HUB_OFFLINE) is not set."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def not_found_message(model_id: str, input_root: str) -> str:
+    return (f"image-text model {model_id!r} not found. Searched: a local folder of that name; "
+            f"folders below input_root={input_root!r} whose config.json or path names it; the "
+            "Hugging Face cache; the hub (not reachable: internet off?). Fix: on Kaggle, Add "
+            "Input -> Models -> the model (Transformers variation), or `make push-kernel "
+            "MODELS=<owner>/<model>/transformers/<variation>`, or turn the kernel's internet "
+            "on; locally, `huggingface-cli download " + model_id + "` or pass --vl-model "
+            "<folder> holding a save_pretrained copy (config.json + weights + processor).")
+
+
+def resolve_source(model_id: str, input_root: str) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, local_files_only) for model_id.
+
+    Order: an existing folder; a folder below input_root holding it; the HF cache; the hub.
+    Raises ModelNotFound with the searched places and the fix when none works."""
+    if not model_id:
+        raise ModelNotFound("no image-text model requested (vl_model is empty)")
+    if Path(model_id).is_dir():
+        return str(Path(model_id)), True
+    found = find_under(input_root, model_id) if input_root else None
+    if found is not None:
+        return str(found), True
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
+            return model_id, True
+    except ValueError:  # not a valid hub id (e.g. a folder path that does not exist)
+        raise ModelNotFound(not_found_message(model_id, input_root)) from None
+    if "/" in model_id.strip("/") and not model_id.startswith((".", "/")) and hub_reachable():
+        return model_id, False
+    raise ModelNotFound(not_found_message(model_id, input_root))
+
+
+def load_model(model_id: str, input_root: str = "", device: torch.device | None = None,
+               dtype: torch.dtype | None = None) -> ImageTextModel:
+    """Load an image-text model and its processor (see resolve_source for the search).
+
+    dtype: weights' dtype (fp16 on a T4 halves memory; None = as saved). Raises
+    ModelNotFound (nothing found), NotImageTextModel (e.g. an image classifier), or
+    ValueError for a folder that is not a transformers model."""
+    from transformers import AutoModel, AutoProcessor
+
+    source, local_only = resolve_source(model_id, input_root)
+    kwargs: dict[str, Any] = {"local_files_only": local_only}
+    if dtype is not None:  # transformers renamed torch_dtype to dtype in 4.56
+        kwargs["dtype" if _transformers_at_least("4.56") else "torch_dtype"] = dtype
+    try:
+        model = AutoModel.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:
+        what = "is not a transformers model folder" if local_only else "could not be loaded"
+        raise ValueError(f"{source} {what} ({e}); pass --vl-model a hub id or a folder "
+                         "written by save_pretrained (config.json + weights + processor)") from e
+    missing = [m for m in ("get_image_features", "get_text_features") if not hasattr(model, m)]
+    if missing:
+        raise NotImageTextModel(
+            f"{source} ({type(model).__name__}) is not an image-text model: it has no "
+            f"{' / '.join(missing)}. Pass --vl-model a CLIP / SigLIP / MetaCLIP checkpoint, "
+            "e.g. openai/clip-vit-large-patch14")
+    processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return ImageTextModel(model, processor, model_id, source)
+
+
+def _transformers_at_least(version: str) -> bool:
+    import transformers
+    from packaging.version import Version
+
+    return Version(transformers.__version__) >= Version(version)
+
+
+# ---------------------------------------------------------------- class text embeddings
+
+
+def _resource(name: str) -> str:
+    return resources.files("pixelplay_lib").joinpath("resources", name).read_text()
+
+
+def _data_lines(text: str) -> list[str]:
+    return [s.strip() for s in text.splitlines() if s.strip() and not s.lstrip().startswith("#")]
+
+
+def read_templates(path: str = "") -> list[str]:
+    """Prompt templates, one per line with `{}` for the class name ("" = bundled).
+    Raises ValueError naming the file when a line has no `{}` or the file is empty."""
+    text = Path(path).read_text() if path else _resource("prompt_templates.txt")
+    where = path or "bundled prompt_templates.txt"
+    lines = _data_lines(text)
+    bad = [t for t in lines if "{}" not in t]
+    if bad or not lines:
+        raise ValueError(f"{where}: every template needs a {{}} for the class name "
+                         f"(bad: {bad[:3]}) and at least one template is needed")
+    return lines
+
+
+def read_synonyms(path: str = "") -> dict[str, list[str]]:
+    """Class name -> extra names, from a `name<TAB>synonym` file ("" = bundled, "none" =
+    names only). A missing file means names alone (with a log line saying so)."""
+    if path == "none":
+        return {}
+    if path and not Path(path).is_file():
+        log.info(f"synonyms file {path} not found: class names alone")
+        return {}
+    text = Path(path).read_text() if path else _resource("synonyms.tsv")
+    table: dict[str, list[str]] = {}
+    for line in _data_lines(text):
+        name, _, synonym = line.partition("\t")
+        if synonym.strip():
+            table.setdefault(_spaced(name), []).append(synonym.strip())
+    return table
+
+
+def _spaced(name: str) -> str:
+    return " ".join(name.replace("+", " ").replace("_", " ").split()).lower()
+
+
+def class_prompts(classes: Sequence[str], templates: Sequence[str],
+                  synonyms: dict[str, list[str]]) -> list[list[str]]:
+    """Per class every template filled with its name (`+` -> space) and each synonym."""
+    out = []
+    for c in classes:
+        names = [_spaced(c), *synonyms.get(_spaced(c), [])]
+        out.append([t.format(n) for n in names for t in templates])
+    return out
+
+
+def encode_texts(itm: ImageTextModel, texts: list[str], device: torch.device) -> torch.Tensor:
+    """(len(texts), d) L2-normalised text embeddings (fp32, on the CPU)."""
+    if itm.sigmoid:  # SigLIP was trained on lowercased text padded to max_length
+        texts = [t.lower() for t in texts]
+        pad = {"padding": "max_length",
+               "max_length": itm.model.config.text_config.max_position_embeddings}
+    else:
+        pad = {"padding": True}
+    parts = []
+    with torch.inference_mode():
+        for k in range(0, len(texts), TEXT_BATCH):
+            batch = itm.processor.tokenizer(texts[k:k + TEXT_BATCH], truncation=True,
+                                            return_tensors="pt", **pad)
+            batch = {n: v.to(device) for n, v in batch.items()
+                     if n in ("input_ids", "attention_mask")}
+            if itm.sigmoid:  # SigLIP's text tower takes no attention mask
+                batch.pop("attention_mask", None)
+            parts.append(as_embedding(itm.model.get_text_features(**batch)).float().cpu())
+    return torch.nn.functional.normalize(torch.cat(parts), dim=1)
+
+
+def class_text_embeddings(itm: ImageTextModel, classes: Sequence[str], templates_path: str = "",
+                          synonyms_path: str = "", device: torch.device | None = None
+                          ) -> np.ndarray:
+    """(n_classes, d) float64: per class the L2-normalised mean of its prompts' normalised
+    embeddings (templates x names)."""
+    device = device or torch.device("cpu")
+    prompts = class_prompts(classes, read_templates(templates_path),
+                            read_synonyms(synonyms_path))
+    flat = [p for ps in prompts for p in ps]
+    emb = encode_texts(itm, flat, device).double()
+    counts = np.cumsum([0] + [len(ps) for ps in prompts])
+    means = torch.stack([emb[a:b].mean(0) for a, b in zip(counts[:-1], counts[1:], strict=True)])
+    return torch.nn.functional.normalize(means, dim=1).numpy()
+
+
+# ---------------------------------------------------------------- image embeddings
+
+
+def embedding_key(name: str, paths: Sequence[Path], plan: Any) -> str:
+    """Digest of the model name, every file (path, size, mtime) and the view plan."""
+    digest = hashlib.sha1(f"{EMBEDDING_FORMAT}|{name}|{plan!r}".encode())
+    for p in paths:
+        st = Path(p).stat() if Path(p).exists() else None
+        digest.update(f"{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n"
+                      .encode())
+    return digest.hexdigest()[:20]
+
+
+def find_cached(key: str, output_dir: str, input_root: str) -> Path | None:
+    """embeddings/<key>.npz in output_dir, else in an earlier run's output below input_root
+    (a train kernel attached to the infer kernel); None when nowhere."""
+    own = Path(output_dir) / "embeddings" / f"{key}.npz"
+    if own.is_file():
+        return own
+    root = Path(input_root) if input_root else None
+    if root is None or not root.is_dir():
+        return None
+    for pattern in (f"*/embeddings/{key}.npz", f"*/*/embeddings/{key}.npz"):
+        hits = sorted(root.glob(pattern))
+        if hits:
+            return hits[0]
+    return None
+
+
+class _VisionTower(torch.nn.Module):
+    """get_image_features as a module holding only the vision weights (CLIP: vision_model +
+    visual_projection; SigLIP: vision_model, whose head pools), so a copy per GPU does not
+    carry the text tower. Models without `vision_model` are wrapped whole."""
+
+    def __init__(self, model: Any):
+        super().__init__()
+        self.vision = getattr(model, "vision_model", None)
+        self.projection = getattr(model, "visual_projection", None)
+        self.whole = model if self.vision is None else None
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.whole is not None:
+            return as_embedding(self.whole.get_image_features(pixel_values=pixel_values))
+        pooled = self.vision(pixel_values=pixel_values).pooler_output
+        return pooled if self.projection is None else self.projection(pooled)
+
+
+def spread_over_gpus(tower: torch.nn.Module, n_gpus: int):
+    """A function running `tower` (on cuda:0) data-parallel over n_gpus GPUs: replicas are
+    copied once (nn.DataParallel would re-broadcast the weights on every batch) and each
+    batch is split, run in parallel threads and gathered on cuda:0. CUDA only; it has not
+    run here (no GPU on the development machine)."""
+    import copy
+
+    from torch.nn.parallel import parallel_apply
+
+    replicas = [tower] + [copy.deepcopy(tower).to(f"cuda:{k}") for k in range(1, n_gpus)]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        chunks = x.chunk(n_gpus)
+        inputs = [(c.to(f"cuda:{k}", non_blocking=True),) for k, c in enumerate(chunks)]
+        outs = parallel_apply(replicas[:len(chunks)], inputs)
+        return torch.cat([o.to(x.device) for o in outs])
+
+    return forward
+
+
+def image_embeddings(itm: ImageTextModel, paths: Sequence[Path], cfg: Config, rt: Any,
+                     desc: str = "image embeddings", lenient: bool = False) -> dict[str, Any]:
+    """Embeddings of the images at `paths`, computed once and stored.
+
+    Returns {"emb": (n_ok, d) float32 L2-normalised (central view, and its mirror averaged
+    when cfg.vl_flip), "index": (n_ok,) positions in `paths`, "failed": [(position, error)]}
+    (undecodable images are left out and listed; lenient: test images get a second,
+    lenient decoding try first). Uses every visible GPU (spread_over_gpus)."""
+    from . import inference
+    from .checkpoint import atomic_write_bytes
+
+    side, mean, std = itm.view_settings()
+    plan = inference.ViewPlan(size=side, flip=cfg.vl_flip, mean=mean, std=std)
+    paths = [Path(p) for p in paths]
+    key = embedding_key(itm.name + (":lenient" if lenient else ""), paths, plan)
+    hit = find_cached(key, cfg.output_dir, cfg.input_root)
+    if hit is not None:
+        with np.load(hit, allow_pickle=False) as z:
+            log.info(f"{desc}: reusing {hit}")
+            return {"emb": z["emb"], "index": z["index"],
+                    "failed": [tuple(f) for f in json.loads(str(z["failed"]))]}
+    tower = _VisionTower(itm.model).to(rt.device).eval()
+    if rt.device.type == "cuda" and torch.cuda.device_count() > 1:
+        tower = spread_over_gpus(tower, torch.cuda.device_count())  # T4 x2: one process
+
+    def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with rt.autocast():
+            return {"emb": tower(x)}
+
+    images = inference.open_images(paths, side, cfg, desc, lenient)
+    out = inference.run_images(forward, images, range(len(paths)), plan, rt,
+                               batch_images=cfg.vl_batch_size,
+                               workers=_workers(cfg), keep={"emb": "mean"})
+    emb = out["emb"].reshape(len(out["index"]), -1)
+    emb = emb / (np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12)
+    failed = [(int(i), str(e)) for i, e in out["failed"]]
+    target = Path(cfg.output_dir) / "embeddings" / f"{key}.npz"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, emb=emb.astype(np.float32), index=out["index"].astype(np.int64),
+             failed=np.array(json.dumps(failed)))
+    atomic_write_bytes(target, buf.getvalue())
+    return {"emb": emb.astype(np.float32), "index": out["index"], "failed": failed}
+
+
+def _workers(cfg: Config) -> int:
+    from .pipeline import resolve_workers
+
+    return resolve_workers(cfg.num_workers)
