@@ -20,6 +20,18 @@ Rows (images per second, higher is better):
 On a GPU also: the matmul rate (bf16/fp16), the FLOPs of one training image (counted with
 FlopCounterMode) and training at % of the compute-bound rate.
 
+Vision-language path (bench/bench_vl.py; no baseline: the notebook had none):
+  d  protocol + fusion on cached embeddings, seconds: SYNTHETIC challenge-sized arrays (5,100
+     training / 880 validation images of the 40 seen classes, d=1152 image-text embeddings,
+     ResNet logits of 1 + 7 views, 2048-d features) through experts.build_experts and
+     fusion.fit_fusion as experts.fit calls them (text, probe, resnet, attributes;
+     transductive auto). Runs on the CPU also in a GPU run (the protocol is CPU code).
+  e  image-embedding throughput, RANDOM weights from a config in code (nothing downloaded):
+     the model alone, the decoded-cache build, imagetext.image_embeddings (views + mirror,
+     AMP), FLOPs per image (FlopCounterMode), the compute-bound rate, peak GPU memory and
+     10,000-image projections. CUDA: SigLIP 2 So400m/16 @256 (the default vl_model's
+     architecture) and CLIP ViT-L/14 @224; CPU: a tiny SigLIP, labelled as such.
+
 Writes a table to stdout, JSON to bench/results/bench-<device>.json (or --json) and, with
 --markdown PATH, a Markdown report (table + JSON) that can be committed.
 """
@@ -55,6 +67,9 @@ from pixelplay_lib.model import build_model
 from pixelplay_lib.pipeline import EpochBatches, Views, make_loader, resolve_workers
 from pixelplay_lib.runtime import make_runtime
 from pixelplay_lib.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_vl beside this script
+import bench_vl  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 50
@@ -420,7 +435,7 @@ def table(res: dict) -> str:
         if r:
             lines.append(f"| {key} | {what} | {fmt(r['baseline']['img_s'])} | "
                          f"{fmt(r['project']['img_s'])} | {r['ratio']:.1f}x |")
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def notes(res: dict) -> list[str]:
@@ -463,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--only", default="abc", help="rows to run, e.g. 'a' or 'bc'")
+    ap.add_argument("--only", default="abcde", help="rows to run, e.g. 'a' or 'bde'")
     ap.add_argument("--data-dir", default="", help="where generated JPEGs are kept "
                     "(default: $TMPDIR/pixelplay-bench)")
     ap.add_argument("--train-per-class", type=int, default=8,
@@ -485,6 +500,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
     ap.add_argument("--slow-augment", action="store_true",
                     help="project views with the torchvision tensor ops (fast_augment=False)")
+    ap.add_argument("--vl-train", type=int, default=5100, help="d: training embeddings")
+    ap.add_argument("--vl-val", type=int, default=880, help="d: validation embeddings")
+    ap.add_argument("--vl-dim", type=int, default=1152, help="d: embedding width (So400m)")
+    ap.add_argument("--vl-models", default="auto", help="e: comma list of "
+                    f"{', '.join(bench_vl.SPECS)} (auto: CUDA siglip-so400m,clip-vit-l14; "
+                    "CPU siglip-tiny)")
+    ap.add_argument("--vl-images", type=int, default=0, help="e: images embedded (0: every "
+                    "generated JPEG, train + test)")
+    ap.add_argument("--vl-batch-size", type=int, default=make_config().vl_batch_size,
+                    help="e: images per pass (config vl_batch_size)")
+    ap.add_argument("--vl-steps", type=int, default=0, help="e: timed passes of the model "
+                    "alone (0: 2 CPU, 20 GPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="", help="default bench/results/bench-<device>.json")
     ap.add_argument("--markdown", default="", help="also write a Markdown report here")
@@ -547,6 +574,14 @@ def main(argv: list[str] | None = None) -> int:
                 if rt.channels_last:
                     net.to(memory_format=torch.channels_last)
             res["c"] = bench_votes(args, ch, rt, net, workers, work / "test")
+        net = None  # free the ResNet: row e reports its own peak GPU memory
+        if "d" in args.only:
+            say(f"(d) protocol + fusion on synthetic arrays: {args.vl_train} train / "
+                f"{args.vl_val} val, d={args.vl_dim}")
+            res["d"] = bench_vl.bench_protocol(args.vl_train, args.vl_val, args.vl_dim,
+                                               args.votes, make_config().zs_folds, args.seed)
+        if "e" in args.only:
+            res["e"] = bench_embedding_rows(args, ch, rt, workers, res, work / "vl")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -560,11 +595,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(res: dict, markdown_path: str) -> None:
-    text = table(res)
+    text = "\n\n".join(t for t in (table(res), bench_vl.table(res)) if t)
     print(f"\n{res['device']['name']}, torch {res['device']['torch']}; "
           f"command: {res['command']}\n")
     print(text)
-    for line in notes(res):
+    for line in notes(res) + bench_vl.notes(res):
         print("  " + line)
     print()
     if markdown_path:
@@ -572,6 +607,34 @@ def report(res: dict, markdown_path: str) -> None:
         md.parent.mkdir(parents=True, exist_ok=True)
         md.write_text(markdown(res, text))
         print(f"Markdown: {md}")
+
+
+def bench_embedding_rows(args, ch, rt, workers: int, res: dict, work: Path) -> dict:
+    """Row e for every architecture of --vl-models, on the generated JPEGs."""
+    dev = rt.device
+    keys = ("siglip-so400m,clip-vit-l14" if dev.type == "cuda" else "siglip-tiny"
+            ) if args.vl_models == "auto" else args.vl_models
+    unknown = [k for k in keys.split(",") if k not in bench_vl.SPECS]
+    if unknown:
+        raise SystemExit(f"--vl-models: unknown {unknown}; choose from {list(bench_vl.SPECS)}")
+    paths = [p for p, _ in ch.train_samples] + list(ch.test_files())
+    paths = paths[:args.vl_images] if args.vl_images else paths
+    dtype = ("bf16" if rt.amp_dtype == torch.bfloat16 else "fp16") if rt.amp_dtype else "fp32"
+    rates = res.get("compute", {}).get("matmul_tflops", {})
+    if dtype not in rates:
+        say(f"(e) matmul rate at {dtype}")
+        rates = {**rates, dtype: matmul_rate(dev, rt.amp_dtype or torch.float32)}
+    steps = args.vl_steps or (2 if dev.type == "cpu" else 20)
+    out = {"matmul_dtype": dtype}
+    for key in keys.split(","):
+        say(f"(e) {key}: {len(paths)} images, {args.vl_batch_size} per pass, random weights")
+        try:
+            out[key] = bench_vl.bench_embeddings(key, paths, rt, workers, args.vl_batch_size,
+                                                 steps, rates[dtype], work)
+        except RuntimeError as e:  # e.g. CUDA out of memory: keep the other rows' results
+            say(f"(e) {key} FAILED: {type(e).__name__}: {e}")
+            out[key] = {"error": f"{type(e).__name__}: {e}"}
+    return out
 
 
 def compute_bound(args, rt, b: dict) -> dict:
@@ -599,7 +662,7 @@ def markdown(res: dict, text: str) -> str:
              f"generated photo-like JPEGs, mean {res['data']['mean_size'][0]}x"
              f"{res['data']['mean_size'][1]} px, {res['data']['mean_file_kb']} KB.", "",
              text, ""]
-    lines += [f"- {line}" for line in notes(res)]
+    lines += [f"- {line}" for line in notes(res) + bench_vl.notes(res)]
     lines += ["", "```json", json.dumps(res, indent=2), "```", ""]
     return "\n".join(lines)
 

@@ -17,7 +17,8 @@
 # # Pixel Play'25: explore the data
 #
 # Class counts (seen vs unseen), sample images per class, image sizes, unreadable files and
-# the test set. Analysis code lives in `pixelplay_lib.report`; this notebook only calls it.
+# the test set. Tables come from `pixelplay_lib.analysis`, figures from `pixelplay_lib.plots`;
+# this notebook only calls them.
 # Figures are shown here and saved under `<output_dir>/figures/`.
 
 # %% [markdown]

@@ -1,14 +1,14 @@
-"""pixelplay: the Pixel Play'25 recipe (ResNet fine-tuning, voting, zero-shot) as a library.
+"""pixelplay: Pixel Play'25 (50 animal classes, 10 without training images) as a library.
 
-Modules, in the order data flows through them: config (the one dataclass), data (find the
-challenge, classes, samples, split, image loading), transforms (the augmentation),
-pipeline (decoded cache, views, resumable batches), model (backbone, freezing, weights),
-runtime (device, precision), train, checkpoint, zeroshot, predict (voting, submission),
-score, demo (generated data). Notebooks and the CLI call `train.train(cfg)` and
-`predict.predict(cfg)`.
+The recipe (ResNet fine-tuning, test-time votes) plus four more experts (attribute model,
+the pretrained ImageNet head, image-text zero-shot, a probe on its embeddings) fused by one
+decision rule tuned with a leave-classes-out protocol. Data flows: config -> data ->
+pipeline / inference -> train -> experts (fusion) -> predict -> score. README's "What is
+where" says what each module does. Notebooks and the CLI call `train.train(cfg)` /
+`train.launch_train(cfg)` and `predict.predict(cfg)`.
 """
 
 from .config import Config, make_config
 
 __all__ = ["Config", "make_config"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -11,18 +11,20 @@ import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .config import PRESETS, Config, make_config
+from .config import PRESETS, Config, field_help, make_config
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     # Values stay text here: Config converts them (config.coerce_value), so the CLI, papermill
     # and JSON accept the same spellings and a bad one gets the same message naming the field.
+    described = field_help()
     for f in fields(Config):
         default = f.default if f.default is not MISSING else None
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        text = described.get(f.name, "").replace("%", "%%")
         # SUPPRESS: only flags given on the command line override presets / saved configs.
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name,
-                            default=argparse.SUPPRESS, help=f"(default: {shown})")
+                            default=argparse.SUPPRESS, help=f"{text} (default: {shown})")
     parser.add_argument("--preset", default="", choices=list(PRESETS),
                         help="start from a named set of defaults (demo: small CPU recipe)")
 
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     command = args.pop("command")
 
     from .data import DataError
-    from .imagetext import ModelNotFound
+    from .experts.imagetext import ModelNotFound
     from .model import WeightsUnavailable
     from .runtime import UnsupportedGPU
     from .train import ConfigMismatch
@@ -87,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: files are written atomically, nothing is half-done
+        print(f"interrupted. {command}: run the same command again"
+              + (" to resume from the newest checkpoint." if command == "train" else "."),
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

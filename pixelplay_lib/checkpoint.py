@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from .locate import walk_inputs
+
 log = logging.getLogger("pixelplay")
 
 CKPT_RE = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
@@ -79,13 +81,14 @@ def progress_of(path: Path) -> tuple[int, int]:
 
 
 def list_checkpoints(folder: str | Path, recursive: bool = False) -> list[Path]:
-    """Checkpoint files in `folder` (and its sub-folders when recursive), newest first."""
+    """Checkpoint files in `folder` (and below it when recursive: the bounded walk of
+    locate.walk_inputs, as on /kaggle/input), newest progress first."""
     folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    found = folder.rglob("ckpt-e*-s*.pt") if recursive else folder.glob("ckpt-e*-s*.pt")
-    return sorted((p for p in found if CKPT_RE.match(p.name)),
-                  key=lambda p: (progress_of(p), str(p)), reverse=True)
+    if recursive:
+        found = [d / f for d, files in walk_inputs(folder) for f in files if CKPT_RE.match(f)]
+    else:
+        found = [p for p in folder.glob("ckpt-e*-s*.pt") if CKPT_RE.match(p.name)]
+    return sorted(found, key=lambda p: (progress_of(p), str(p)), reverse=True)
 
 
 def load_file(path: str | Path) -> dict[str, Any]:

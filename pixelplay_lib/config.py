@@ -124,7 +124,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "baseline": {},
     "demo": dict(arch="resnet18", weights="none", trainable="all", image_size=64, batch_size=32,
                  epochs=20, lr=0.05, momentum=0.9, weight_decay=5e-4, milestones=(14, 18),
-                 lr_gamma=0.1, crop_scale_min=0.6, rotation=15.0),
+                 lr_gamma=0.1, crop_scale_min=0.6, rotation=15.0, vl_model=""),
 }
 
 
@@ -247,6 +247,20 @@ def config_from_saved(saved: dict[str, Any], **overrides: Any) -> Config:
     return Config(**values)
 
 
+def field_help() -> dict[str, str]:
+    """Each field's comment in the Config source (`name: type = default  # comment`): the
+    CLI's --help text, so that the dataclass stays the one place a field is described."""
+    import inspect
+    import re
+
+    found = {}
+    for line in inspect.getsource(Config).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+        if m:
+            found[m.group(1)] = m.group(2).strip()
+    return found
+
+
 def fingerprint(cfg: Config) -> dict[str, Any]:
     return {name: cfg.to_dict()[name] for name in RESULT_FIELDS}
 
@@ -262,8 +276,12 @@ def check_parameters(namespace: dict[str, Any], declared: Collection[str]) -> No
     """
     unknown = sorted(n for n in namespace if n not in declared and not n.startswith("_"))
     if unknown:
+        import difflib
+
         known = sorted(n for n in declared if n in _parameter_names(namespace, declared))
-        raise ValueError(f"unknown notebook parameter(s): {', '.join(unknown)}. This "
+        hints = [f"{n} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(
+            n, known, n=1)) else n for n in unknown]
+        raise ValueError(f"unknown notebook parameter(s): {', '.join(hints)}. This "
                          f"notebook's parameters: {', '.join(known)}")
 
 

@@ -94,6 +94,12 @@ def load_trained(path: Path) -> tuple[Net | None, dict[str, Any]]:
 
     Raises FileNotFoundError (with what to do) when there is no such file."""
     if not path.is_file():
+        newest = ckpt.list_checkpoints(path.parent)
+        if newest:
+            raise FileNotFoundError(
+                f"no trained model at {path}: training in {path.parent} stopped before its "
+                f"end (newest checkpoint {newest[0].name}); run the same train command again "
+                "to finish it (it resumes), then predict")
         raise FileNotFoundError(f"no trained model at {path} (train first, or pass model_path)")
     saved = ckpt.load_file(path)
     if saved.get("state_dict") is None:

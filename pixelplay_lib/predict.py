@@ -1,9 +1,9 @@
-"""Test-time voting, the zero-shot step and the submission file.
+"""The submission: the fused decision of the experts, or the baseline's votes.
 
 With a fusion (train writes fusion.pt when classes.txt lists classes without training
 images), every expert scores every test image and the fused decision rule picks the class
-(experts.py, fusion.py). Without one (zero_shot=off, or a model trained without), voting as
-in the baseline: each test image goes through the training augmentation `tta_votes` times;
+(experts/). Without one (zero_shot=off, or a model trained without), voting as in the
+baseline: each test image goes through the training augmentation `tta_votes` times;
 `hard` takes the most frequent argmax (ties: highest mean probability), `soft` the highest
 mean probability, among the seen classes only. Unlike the baseline (batch size 1, seven
 sequential passes), all views of a batch go through the network in one pass.
@@ -136,14 +136,24 @@ def vote_only(cfg: Config, rt: Runtime, net, trained: Config, files: list[Path],
             dict(getattr(images, "lenient", {})))
 
 
+def by_number(names: set[str]) -> dict[str, str]:
+    """{"1": "00001.jpg", ...} when every stem is a number (sample ids written without the
+    zero padding); {} when the stems are not all numbers or two share a number."""
+    stems = {name: Path(name).stem for name in names}
+    if not all(stem.isdigit() for stem in stems.values()):
+        return {}
+    table = {str(int(stem)): name for name, stem in stems.items()}
+    return table if len(table) == len(names) else {}
+
+
 def write_submission(frame: pd.DataFrame, test_files: list[Path], classes: list[str],
                      path: Path, sample: Path | None = None) -> Path:
     """Check the frame is complete and valid, then write it atomically.
 
     One row per test file, no duplicates, every label a class of classes.txt. When the
     competition ships a sample_submission.csv, its header and row order are used; its ids
-    may lack the extension (`00001` for test/00001.jpg): rows match by stem and the file
-    then carries the sample's ids.
+    may lack the extension (`00001` for test/00001.jpg) or the zero padding (`1`): rows
+    match by stem or by number and the file then carries the sample's ids.
 
     File names that are not valid UTF-8 (a Windows zip unpacked on Linux) arrive as
     surrogate-escaped str; the CSV is encoded with surrogateescape so such an id is written
@@ -176,6 +186,8 @@ def write_submission(frame: pd.DataFrame, test_files: list[Path], classes: list[
         template = pd.read_csv(sample, dtype=str, encoding_errors="surrogateescape")
         id_col, label_col = template.columns[:2]
         by_stem = {Path(name).stem: name for name in expected}
+        if not set(template[id_col]) & (expected | set(by_stem)):
+            by_stem = by_number(expected)  # ids `1` for test/00001.jpg
         if set(template[id_col]) == expected:
             frame = frame.set_index("image_id").loc[template[id_col]].reset_index()
             frame.columns = [id_col, label_col]
@@ -184,8 +196,10 @@ def write_submission(frame: pd.DataFrame, test_files: list[Path], classes: list[
             frame = pd.DataFrame({id_col: template[id_col],
                                   label_col: labels.loc[template[id_col].map(by_stem)].values})
         else:
-            log.warning("%s does not list the same images as test/: its order is ignored",
-                        sample)
+            odd = sorted(set(template[id_col]) - expected - set(by_stem))[:3]
+            log.warning("%s does not list the same images as test/ (e.g. %s; test/ has %s): "
+                        "its ids and order are ignored, the submission uses the file names",
+                        sample, ", ".join(odd) or "fewer rows", sorted(expected)[0])
     else:
         frame = frame.sort_values("image_id", kind="stable")
     ckpt.atomic_write_bytes(path, frame.to_csv(index=False).encode("utf-8", "surrogateescape"))

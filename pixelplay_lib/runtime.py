@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -123,6 +124,13 @@ def make_runtime(cfg: Config, rank: int = 0, world: int = 1, local_rank: int = 0
     if rank:  # one voice: the other processes only speak up with warnings
         log.setLevel(logging.WARNING)
     use_cuda = torch.cuda.is_available() and cfg.devices != "cpu"
+    if not use_cuda and cfg.devices != "cpu" and os.environ.get("KAGGLE_KERNEL_RUN_TYPE"):
+        # A kernel pushed without a GPU (or given none) must not grind through the recipe on
+        # its CPU for hours without a word.
+        raise UnsupportedGPU(
+            "this Kaggle session has no GPU (torch.cuda.is_available() is False): push the "
+            "kernel with a GPU (`make push-kernel ACCELERATOR=NvidiaTeslaT4`, or Settings -> "
+            "Accelerator in the editor), or set devices=cpu to run on the CPU on purpose")
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     amp_dtype = None
     if use_cuda and cfg.amp != "off":

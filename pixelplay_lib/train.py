@@ -163,8 +163,6 @@ def fit_experts(cfg: Config, rt: Runtime, run: Run | None, started: float) -> di
         ch, train_idx, val_idx = run.ch, run.train_idx, run.val_idx
         summary = run.finish()
     net = run.net if run is not None else None
-    save_model(Path(cfg.output_dir) / "model.pt", net, cfg, ch,
-               run.progress.history if run is not None else [])
     if cfg.zero_shot == "on" or (cfg.zero_shot == "auto" and ch.unseen):
         fitted = experts.fit(cfg, rt, ch, train_idx, val_idx, net)
         state = fitted.state
@@ -174,6 +172,9 @@ def fit_experts(cfg: Config, rt: Runtime, run: Run | None, started: float) -> di
     elif net is None:
         raise ValueError("nothing to predict with: the experts chosen train no network and "
                          "zero_shot=off leaves no fusion; use experts=auto or zero_shot=auto")
+    # model.pt last: it marks a complete run (predict and the infer kernel look for it)
+    save_model(Path(cfg.output_dir) / "model.pt", net, cfg, ch,
+               run.progress.history if run is not None else [])
     summary["seconds"] = time.monotonic() - started
     ckpt.atomic_write_text(Path(cfg.output_dir) / "summary.json",
                            json.dumps(summary, indent=2, ensure_ascii=True, default=str) + "\n")
@@ -332,7 +333,8 @@ class Run:
         cfg, rt, p = self.cfg, self.rt, self.progress
         self.sampler.epoch, self.sampler.start = p.epoch, p.step
         self.net.train()
-        bar = progress_bar(self.loader, f"epoch {p.epoch + 1}/{cfg.epochs}", rt)
+        bar = progress_bar(self.loader, f"epoch {p.epoch + 1}/{cfg.epochs}", rt, p.step,
+                           self.sampler.batches_per_epoch())
         for x, y, _, bad in bar:
             # cache=False: files fail here, once an epoch each (skipped, never retried)
             p.unreadable.update({str(self.ch.train_samples[i][0]): e for i, e in bad})
@@ -466,7 +468,9 @@ def write_history(out: Path, history: list[dict]) -> None:
                            "".join(json.dumps(r) + "\n" for r in history))
 
 
-def progress_bar(loader, desc: str, rt: Runtime):
+def progress_bar(loader, desc: str, rt: Runtime, done: int = 0, total: int | None = None):
+    """tqdm over the loader on rank 0; `done` of `total` steps already behind (a resume)."""
     from tqdm.auto import tqdm
 
-    return tqdm(loader, desc=desc, disable=not rt.is_main, leave=False, mininterval=2)
+    return tqdm(loader, desc=desc, disable=not rt.is_main, leave=False, mininterval=2,
+                initial=done, total=total)

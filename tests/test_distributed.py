@@ -73,8 +73,9 @@ def test_a_two_process_checkpoint_resumes_in_one(demo_dir, tmp_path, single):
 
 
 def test_sharded_prediction_is_gathered_complete_and_ordered(demo_dir, demo_root, two):
+    """Plain voting (zero_shot=off) shards the test images over the processes."""
     common = ["predict", "--data-root", str(demo_dir), "--num-workers", "0", "--tta-votes",
-              "2", "--input-root", str(two) + "-none"]
+              "2", "--input-root", str(two) + "-none", "--zero-shot", "off"]
     sharded = run_cli(*common, "--output-dir", str(two), "--devices", "2")
     assert sharded.returncode == 0, sharded.stderr[-2000:]
     frame = pd.read_csv(two / "submission.csv", dtype=str)
@@ -84,3 +85,17 @@ def test_sharded_prediction_is_gathered_complete_and_ordered(demo_dir, demo_root
     whole = run_cli(*common, "--output-dir", str(two), "--devices", "cpu")
     assert whole.returncode == 0
     assert frame.equals(pd.read_csv(two / "submission.csv", dtype=str))
+
+
+def test_fused_prediction_under_torchrun_runs_once(demo_dir, demo_root, two, tmp_path):
+    """The fused decision runs in one process (rank 0); the other ranks return at once: the
+    submission is complete and equals the one-process one."""
+    common = ["predict", "--data-root", str(demo_dir), "--num-workers", "0", "--tta-votes",
+              "2", "--input-root", str(two) + "-none", "--model-path", str(two / "model.pt")]
+    launched = run_cli(*common, "--output-dir", str(tmp_path / "a"), "--devices", "2")
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    alone = run_cli(*common, "--output-dir", str(tmp_path / "b"), "--devices", "cpu")
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    a = pd.read_csv(tmp_path / "a" / "submission.csv", dtype=str)
+    assert len(a) == len([p for p in (demo_root / "test").iterdir() if p.suffix == ".jpg"])
+    assert a.equals(pd.read_csv(tmp_path / "b" / "submission.csv", dtype=str))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pixelplay_lib import fusion
+from pixelplay_lib.experts import fusion
 
 N_CLASSES, N_SEEN, PER_CLASS = 20, 16, 20
 SEEN = list(range(N_SEEN))

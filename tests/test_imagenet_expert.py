@@ -4,18 +4,20 @@ fusion on generated data (a stand-in "pretrained" network; nothing is downloaded
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torchvision
 
-from pixelplay_lib import fusion
 from pixelplay_lib.data import load_challenge, load_class_attributes
 from pixelplay_lib.demo import write_demo_dataset
-from pixelplay_lib.imagenet_expert import (
+from pixelplay_lib.experts import fusion
+from pixelplay_lib.experts.imagenet import (
     KEEP,
     N_IMAGENET,
     OUTPUT,
@@ -253,3 +255,27 @@ def test_the_expert_beats_the_attribute_model_on_the_classes_its_head_knows(worl
     fused = fusion.apply_fusion(state, [imagenet, attributes])
     assert accuracy(fused, known) > alone_attributes + 0.2, (accuracy(fused, known),
                                                              alone_attributes)
+
+
+def test_cli_uses_the_imagenet_head_for_the_unseen_classes_it_knows(world, tmp_path):
+    """weights=<the stand-in> and no image-text model: train fits resnet + attributes +
+    imagenet, and predict names the covered unseen classes (the head's job) while moose and
+    rhinoceros stay the attribute model's."""
+    from conftest import run_cli
+
+    root = world["ch"].root
+    out = tmp_path / "run"
+    args = ["--data-root", str(root), "--output-dir", str(out), "--input-root",
+            str(tmp_path / "none"), "--num-workers", "0", "--vl-model", "", "--tta-votes", "1"]
+    done = run_cli("train", *args, "--arch", "resnet18", "--weights", str(world["weights"]),
+                   "--trainable", "layer4,fc", "--image-size", str(STANDIN_SIZE), "--epochs",
+                   "1", "--batch-size", "32", "--lr", "0.01")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "fusion.json").read_text())
+    assert report["names"] == ["resnet", "attributes", "imagenet"]
+    assert report["weights"]["imagenet"] > 0, report["weights"]
+    assert run_cli("predict", *args).returncode == 0
+    pred = dict(pd.read_csv(out / "submission.csv").values)
+    truth = {p.name: world["ch"].classes[c] for p, c in world["eval"]}
+    covered = [name for name, c in truth.items() if c in COVERED_UNSEEN]
+    assert sum(pred[n] == truth[n] for n in covered) / len(covered) > 0.5

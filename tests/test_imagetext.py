@@ -14,7 +14,7 @@ import torch
 from conftest import tiny_config
 from tiny_models import save_tiny
 
-from pixelplay_lib import imagetext
+from pixelplay_lib.experts import imagetext
 from pixelplay_lib.runtime import make_runtime
 
 pytest.importorskip("transformers")  # the `vl` extra (imagetext imports it lazily)

@@ -117,20 +117,25 @@ def assert_pngs(folder: Path, names: list[str]) -> None:
 
 
 def test_notebooks_run_end_to_end(nb_demo: Path, tmp_path: Path) -> None:
+    """explore -> train (ResNet + attributes + a tiny local image-text model, fused) ->
+    infer (the model found below input_root, as on Kaggle), with every figure."""
+    from tiny_models import save_tiny
+
     data_root = str(nb_demo)
     inputs = tmp_path / "inputs"  # plays /kaggle/input: the train "kernel output" lands here
     train_dir = inputs / "pixelplay-train"
-    common = dict(data_root=data_root, num_workers=0)
+    tiny = save_tiny(tmp_path / "tiny-clip", "clip")
+    common = dict(data_root=data_root, num_workers=0, tta_votes=2)
 
     # explore
     explore_dir = tmp_path / "explore"
     execute("explore", tmp_path, output_dir=str(explore_dir), input_root=str(inputs),
-            **common)
+            data_root=data_root, num_workers=0)
     assert_pngs(explore_dir, ["class_counts", "samples", "image_sizes", "test_samples"])
 
     # train
     nb = execute("train", tmp_path, preset="demo", output_dir=str(train_dir),
-                 input_root=str(inputs), image_size=32, epochs=1, **common)
+                 input_root=str(inputs), image_size=32, epochs=1, vl_model=str(tiny), **common)
     text = json.dumps(nb["cells"])
     assert "validation accuracy" in text
     rows = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
@@ -138,16 +143,19 @@ def test_notebooks_run_end_to_end(nb_demo: Path, tmp_path: Path) -> None:
     config = json.loads((train_dir / "config.json").read_text())
     assert config["image_size"] == 32 and config["arch"] == "resnet18"  # preset + override
     assert (train_dir / "model.pt").is_file()
-    zs = json.loads((train_dir / "zeroshot.json").read_text())
-    assert {"u", "s", "H", "gamma", "curve"} <= set(zs)
-    assert_pngs(train_dir, ["curves", "confusion", "val_per_class", "zeroshot"])
+    fused = json.loads((train_dir / "fusion.json").read_text())
+    assert set(fused["experts"]) == {"resnet", "attributes", "text", "probe"}
+    assert {"u", "s", "H", "acc", "gamma"} <= set(fused["fusion"]) and fused["curve"]
+    assert "fused" in text and "probe alone" in text  # the protocol's table was printed
+    assert_pngs(train_dir, ["curves", "confusion", "val_per_class", "fusion",
+                            "special_package"])
     per_class = pd.read_csv(train_dir / "val_per_class.csv")
     assert len(per_class) == 40 and per_class["accuracy"].between(0, 1).all()
 
     # infer, as on Kaggle: its own output folder, the model found below input_root
     infer_dir = tmp_path / "infer"
     nb = execute("infer", tmp_path, output_dir=str(infer_dir), input_root=str(inputs),
-                 tta_votes=2, **common)
+                 **common)
     sub = pd.read_csv(infer_dir / "submission.csv", dtype=str)
     test_dir = nb_demo / "vlg-dataset" / "vlg-dataset" / "test"
     test_files = sorted(p.name for p in test_dir.iterdir()
@@ -155,10 +163,13 @@ def test_notebooks_run_end_to_end(nb_demo: Path, tmp_path: Path) -> None:
     assert list(sub.columns) == ["image_id", "class"]
     assert sorted(sub["image_id"]) == test_files
     summary = json.loads((infer_dir / "predict_summary.json").read_text())
-    assert summary["tta_votes"] == 2 and summary["zero_shot"] is True
-    assert_pngs(infer_dir, ["test_predictions", "prediction_counts", "test_per_class"])
+    assert summary["tta_votes"] == 2 and summary["fusion"] is True
+    assert summary["special_package"]["overall"]["images"] == 10  # the demo's package
+    assert_pngs(infer_dir, ["test_predictions", "prediction_counts", "test_per_class",
+                            "special_package"])
     text = json.dumps(nb["cells"])
     assert "seen_accuracy" in text and "unseen_accuracy" in text  # answer key found
+    assert "predicted as classes without training images" in text  # the sanity line
 
 
 def test_notebook_failure_names_the_cell(nb_demo: Path, tmp_path: Path) -> None:

@@ -32,7 +32,8 @@ def final_state(out: Path) -> dict:
     model = torch.load(out / "model.pt", weights_only=True)
     last = torch.load(list_checkpoints(out)[0], weights_only=True)
     return {"model": model["state_dict"], "optimizer": last["optimizer"],
-            "metrics": (out / "metrics.jsonl").read_text(), "zero_shot": model["zero_shot"]}
+            "metrics": (out / "metrics.jsonl").read_text(),
+            "fusion": torch.load(out / "fusion.pt", weights_only=True)}
 
 
 def assert_identical(a, b, where: str = "") -> None:

@@ -64,3 +64,18 @@ def test_make_runtime_accepts_a_t4(monkeypatch: pytest.MonkeyPatch) -> None:
     rt = runtime.make_runtime(make_config(amp="auto", channels_last="auto"))
     assert rt.device == torch.device("cuda:0")
     assert rt.amp_dtype == torch.float16 and rt.channels_last  # T4: fp16 + scaler, NHWC
+
+
+def test_a_kaggle_session_without_gpu_stops_instead_of_running_on_cpu(monkeypatch):
+    """A kernel given no GPU must not grind through the recipe on its CPU without a word;
+    devices=cpu is the way to do it on purpose."""
+    from pixelplay_lib.config import make_config
+    from pixelplay_lib.runtime import UnsupportedGPU, make_runtime
+
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UnsupportedGPU, match="no GPU.*ACCELERATOR=NvidiaTeslaT4.*devices=cpu"):
+        make_runtime(make_config())
+    assert make_runtime(make_config(devices="cpu")).device.type == "cpu"
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")
+    assert make_runtime(make_config()).device.type == "cpu"  # elsewhere: CPU is the machine

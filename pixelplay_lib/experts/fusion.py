@@ -150,22 +150,24 @@ class ProbeExpert:
         if not rows.any():
             raise ValueError(f"probe: no training image of classes {fit_classes}")
         remap = {c: k for k, c in enumerate(fit_classes)}
-        x = torch.as_tensor(l2_normalise(self.train[rows]))
+        # float32 with the logit scale folded into x once: half the time of float64 for the
+        # same fit (LBFGS evaluates the loss ~100 times per fold)
+        x = torch.as_tensor(self.scale * l2_normalise(self.train[rows]), dtype=torch.float32)
         y = torch.as_tensor([remap[int(c)] for c in self.train_labels[rows]])
-        w0 = torch.as_tensor(l2_normalise(self.text)[fit_classes])
+        w0 = torch.as_tensor(l2_normalise(self.text)[fit_classes], dtype=torch.float32)
         w = w0.clone().requires_grad_(True)
-        b = torch.zeros(len(fit_classes), dtype=torch.float64, requires_grad=True)
+        b = torch.zeros(len(fit_classes), requires_grad=True)
         opt = torch.optim.LBFGS([w, b], max_iter=PROBE_STEPS, line_search_fn="strong_wolfe")
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(self.scale * x @ w.T + b, y)
+            loss = torch.nn.functional.cross_entropy(x @ w.T + b, y)
             loss = loss + self.lam * ((w - w0) ** 2).sum()
             loss.backward()
             return loss
 
         opt.step(closure)
-        return w.detach(), b.detach()
+        return w.detach().double(), b.detach().double()
 
     def scores(self, fit_classes: list[int]) -> np.ndarray:
         w, b = self.fit(list(fit_classes))
@@ -595,7 +597,7 @@ def report_lines(state: FusionState) -> list[str]:
 def save_fusion(state: FusionState, output_dir: str | Path) -> None:
     """output_dir/fusion.pt (torch.save of plain types, weights_only loadable) and the
     human-readable report output_dir/fusion.json."""
-    from .checkpoint import atomic_torch_save, atomic_write_text
+    from ..checkpoint import atomic_torch_save, atomic_write_text
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 Five experts can vote (config field `experts`; `auto` = every one this run can build):
   resnet      the fine-tuned network's votes (seen classes)           model.py, train.py
   attributes  ridge regression from its features to class attributes  attributes.py
-  imagenet    the untouched pretrained network's own 1000-way head     imagenet_expert.py
+  imagenet    the untouched pretrained network's own 1000-way head     imagenet.py
   text        image-text zero-shot over all classes                    imagetext.py
   probe       logistic regression on image-text embeddings (seen)     fusion.py
 
@@ -27,18 +27,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint as ckpt
-from . import fusion, imagenet_expert, imagetext
-from .config import Config
-from .data import Challenge, load_class_attributes
-from .inference import ViewPlan, classifier_forward, open_images, prepare, run_images
-from .model import Net, WeightsUnavailable
-from .pipeline import resolve_workers
-from .runtime import Runtime
+from .. import checkpoint as ckpt
+from ..config import Config
+from ..data import Challenge, load_class_attributes
+from ..inference import ViewPlan, classifier_forward, open_images, prepare, run_images
+from ..model import Net, WeightsUnavailable
+from ..pipeline import resolve_workers
+from ..runtime import Runtime
+from . import fusion, imagenet, imagetext
 
 log = logging.getLogger("pixelplay")
 
 TRAIN_ARRAYS = "expert_train.npz"
+DEFAULT_VL_MODEL = Config.vl_model
+# What the fused model is made of besides its weights: predict takes these from training.
+VL_FIELDS = ("vl_model", "vl_flip", "prompts", "synonyms")
 
 
 @dataclass
@@ -75,7 +78,9 @@ def open_sources(cfg: Config, trained: Config, ch: Challenge, rt: Runtime, net: 
     is left out with a warning saying why and how to enable it; one named explicitly raises
     (fusion.parse_experts). trained: the config the run was trained with."""
     asked, auto = wanted(cfg), cfg.experts.strip() == "auto"
-    src = Sources([], trained, net=net)
+    # eval mode (BatchNorm's running statistics) on the runtime's device: a network loaded
+    # from model.pt comes back in training mode
+    src = Sources([], trained, net=prepare(net, rt) if net is not None else None)
     available = []
     if net is not None:
         available.append("resnet")
@@ -86,7 +91,7 @@ def open_sources(cfg: Config, trained: Config, ch: Challenge, rt: Runtime, net: 
             _skip(auto and "attributes" in asked, "attributes", e)
     if "imagenet" in asked:
         try:
-            src.pretrained = prepare(imagenet_expert.load_imagenet_network(
+            src.pretrained = prepare(imagenet.load_imagenet_network(
                 trained.arch, trained.weights, cfg.input_root), rt)
             available.append("imagenet")
         except (ValueError, WeightsUnavailable) as e:
@@ -94,13 +99,15 @@ def open_sources(cfg: Config, trained: Config, ch: Challenge, rt: Runtime, net: 
     if asked & {"text", "probe"} and (cfg.vl_model or not auto):
         try:
             src.itm = imagetext.load_model(cfg.vl_model, cfg.input_root, rt.device,
-                                           torch.float16 if rt.amp_dtype else None)
+                                           rt.amp_dtype)
             src.text = imagetext.class_text_embeddings(src.itm, ch.classes, cfg.prompts,
                                                        cfg.synonyms, rt.device)
             src.scale = src.itm.logit_scale
             available += ["text", "probe"]
         except (imagetext.ModelNotFound, ValueError) as e:
-            _skip(auto, "text, probe", e)
+            # Offline, the default hub model is simply not there; a model the user named is
+            # a choice, and a typo in it must not quietly drop the best expert.
+            _skip(auto and cfg.vl_model == DEFAULT_VL_MODEL, "text, probe", e)
     src.names = fusion.parse_experts(cfg.experts, available)
     log.info("experts: %s", ", ".join(src.names))
     return src
@@ -170,12 +177,12 @@ def network_forward(net: Net | None, pretrained: torch.nn.Module | None):
     fine = classifier_forward(net) if net is not None else None
     keep = {"logits": "all", "features": "first"} if fine is not None else {}
     if pretrained is not None:
-        keep.update(imagenet_expert.KEEP)
+        keep.update(imagenet.KEEP)
 
     def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = fine(x) if fine is not None else {}
         if pretrained is not None:
-            out[imagenet_expert.OUTPUT] = pretrained(x)
+            out[imagenet.OUTPUT] = pretrained(x)
         return out
 
     return forward, keep
@@ -193,7 +200,7 @@ def build_experts(src: Sources, pool: dict[str, Any], train: dict[str, Any],
             experts.append(fusion.AttributeExpert(pool["features"], train["features"],
                                                   train["labels"], src.attributes))
         elif name == "imagenet":
-            experts.append(imagenet_expert.make_expert(pool[imagenet_expert.OUTPUT], classes))
+            experts.append(imagenet.make_expert(pool[imagenet.OUTPUT], classes))
     experts += fusion.vision_language_experts(
         src.names, pool.get("vl"), src.text, src.scale, train.get("vl"), train.get("labels"))
     return experts
@@ -256,6 +263,8 @@ def fit(cfg: Config, rt: Runtime, ch: Challenge, train_idx: list[int], val_idx: 
     # The final fits learn from every labelled image: training + validation.
     arrays = {k: np.concatenate([train[k], val[k]]) for k in ("features", "vl", "labels")
               if k in train}
+    if src.text is not None:  # lets predict check that it embeds with the same model
+        arrays["text"] = src.text
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     ckpt.atomic_write_bytes(Path(cfg.output_dir) / TRAIN_ARRAYS, buffer.getvalue())
@@ -271,15 +280,37 @@ def load_fitted(cfg: Config, rt: Runtime, ch: Challenge, run_dir: Path, trained:
     if cfg.zs_gamma != "auto":
         state.gamma = float(cfg.zs_gamma)
     used = [n for n, w in zip(state.names, state.weights, strict=True) if w]
-    src = open_sources(Config(**{**cfg.to_dict(), "experts": ",".join(used)}), trained, ch,
-                       rt, net)
+    # The image-text model and prompts are part of the fitted model (like image_size): the
+    # training run's, unless predict names another model explicitly (then checked below).
+    vl = {k: getattr(trained, k) for k in VL_FIELDS}
+    if cfg.vl_model != DEFAULT_VL_MODEL:
+        vl["vl_model"] = cfg.vl_model
+    src = open_sources(Config(**{**cfg.to_dict(), **vl, "experts": ",".join(used)}), trained,
+                       ch, rt, net)
     path = run_dir / TRAIN_ARRAYS
     if not path.is_file():
         raise FileNotFoundError(f"no {path}: train writes it with fusion.pt; point "
                                 "model_path / output_dir at the complete train run")
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
+    check_same_text(src, arrays, trained.vl_model)
     return Fitted(state, src, arrays, ch.classes)
+
+
+def check_same_text(src: Sources, arrays: dict[str, np.ndarray], trained_model: str) -> None:
+    """The class text embeddings predict computes must be those train fitted with: another
+    image-text model (or other prompts) would feed the probe embeddings of another space.
+    Raises ValueError naming both models and the fix."""
+    if src.text is None or "text" not in arrays:
+        return
+    same = arrays["text"].shape == src.text.shape and float(
+        (arrays["text"] * src.text).sum(1).min()) > 0.99  # fp16 vs fp32 text towers agree
+    if not same:
+        raise ValueError(
+            f"the image-text model used now ({src.itm.name if src.itm else '?'}) gives other "
+            f"class embeddings than the one the fusion was fitted with ({trained_model}): "
+            "predict with the training run's --vl-model / --prompts / --synonyms, or train "
+            "again with the new model")
 
 
 def score_special(cfg: Config, rt: Runtime, ch: Challenge, fitted: Fitted
@@ -288,7 +319,7 @@ def score_special(cfg: Config, rt: Runtime, ch: Challenge, fitted: Fitted
     on): writes special_scores.csv to output_dir, logs the table, returns it as a dict
     (rows overall / seen / unseen / per class), or None when the package is absent or
     unreadable (the log says why)."""
-    from .special import load_special_package, score_table
+    from ..special import load_special_package, score_table
 
     package, message = load_special_package(ch.root, ch.classes, cfg.input_root)
     if package is None:
@@ -299,6 +330,6 @@ def score_special(cfg: Config, rt: Runtime, ch: Challenge, fitted: Fitted
     table = score_table({**alone, "fusion": pred}, package.labels, ch.classes, ch.unseen)
     out = Path(cfg.output_dir)
     ckpt.atomic_write_text(out / "special_scores.csv", table.to_csv(index_label="images of"))
-    log.info("Special-Package accuracy (real photos, never trained on):\n%s",
+    log.info("Special-Package accuracy (labelled photos, never trained on):\n%s",
              table.loc[["overall", "seen", "unseen"]].round(3).to_string())
     return json.loads(table.round(4).to_json(orient="index"))

@@ -25,9 +25,9 @@ import torch
 import torchvision
 from torch import nn
 
-from .data import canonical
-from .inference import Forward
-from .model import load_weights
+from ..data import canonical
+from ..inference import Forward
+from ..model import load_weights
 
 N_IMAGENET = 1000
 TABLE = "resources/imagenet_to_class.tsv"

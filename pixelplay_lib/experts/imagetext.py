@@ -32,14 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import Config
+from ..config import Config
+from ..locate import walk_inputs
 
 log = logging.getLogger("pixelplay")
 
 EMBEDDING_FORMAT = 1  # bump when the stored embeddings change meaning
 HUB_HOST = ("huggingface.co", 443)
 HUB_TIMEOUT_S = 3.0
-MAX_WALK_DIRS = 20000  # bounded search below input_root (Kaggle mounts hold few folders)
 MAX_WALK_DEPTH = 7  # /kaggle/input/<slug>/transformers/<variation>/<version>/ is depth 4
 TEXT_BATCH = 256
 
@@ -121,30 +121,23 @@ def _is_subsequence(needle: list[str], hay: list[str]) -> bool:
 def find_under(root: str | Path, model_id: str) -> Path | None:
     """A folder below root with a config.json that holds model_id: its `_name_or_path` is
     model_id (best), or the id's name part appears, token by token, in the folder's path
-    relative to root (Kaggle Models: <slug>/transformers/<variation>/<version>). Bounded
-    walk (MAX_WALK_DEPTH, MAX_WALK_DIRS); the shortest matching path wins."""
+    relative to root (Kaggle Models: <slug>/transformers/<variation>/<version>). The bounded
+    walk of locate.walk_inputs; the shortest matching path wins."""
     root = Path(root)
-    if not root.is_dir():
-        return None
     name = _tokens(model_id.split("/")[-1])
-    exact, by_name, seen = [], [], 0
-    for folder, dirs, files in os.walk(root):
-        seen += 1
-        depth = len(Path(folder).relative_to(root).parts)
-        if depth >= MAX_WALK_DEPTH or seen > MAX_WALK_DIRS:
-            dirs[:] = []
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    exact, by_name = [], []
+    for folder, files in walk_inputs(root, MAX_WALK_DEPTH):
         if "config.json" not in files:
             continue
         try:
-            declared = json.loads((Path(folder) / "config.json").read_text()).get(
+            declared = json.loads((folder / "config.json").read_text()).get(
                 "_name_or_path", "")
         except (OSError, ValueError):
             continue
         if declared == model_id:
-            exact.append(Path(folder))
-        elif name and _is_subsequence(name, _tokens(str(Path(folder).relative_to(root)))):
-            by_name.append(Path(folder))
+            exact.append(folder)
+        elif name and _is_subsequence(name, _tokens(str(folder.relative_to(root)))):
+            by_name.append(folder)
     found = sorted(exact, key=lambda p: len(str(p))) or sorted(by_name, key=lambda p: len(str(p)))
     return found[0] if found else None
 
@@ -177,9 +170,15 @@ def resolve_source(model_id: str, input_root: str) -> tuple[str, bool]:
     Order: an existing folder; a folder below input_root holding it; the HF cache; the hub.
     Raises ModelNotFound with the searched places and the fix when none works."""
     if not model_id:
-        raise ModelNotFound("no image-text model requested (vl_model is empty)")
+        raise ModelNotFound("the text / probe experts need an image-text model but vl_model is "
+                            "empty: pass --vl-model (papermill: -p vl_model) a hub id or a "
+                            "folder, or leave text and probe out of `experts`")
     if Path(model_id).is_dir():
         return str(Path(model_id)), True
+    if model_id.startswith(("/", ".", "~")) or Path(model_id).parent.is_dir() and \
+            len(Path(model_id).parts) > 2:
+        raise ModelNotFound(f"vl_model={model_id!r}: no such folder (a local model is a folder "
+                            "written by save_pretrained: config.json, weights, processor)")
     found = find_under(input_root, model_id) if input_root else None
     if found is not None:
         return str(found), True
@@ -333,8 +332,9 @@ def embedding_key(name: str, paths: Sequence[Path], plan: Any) -> str:
     digest = hashlib.sha1(f"{EMBEDDING_FORMAT}|{name}|{plan!r}".encode())
     for p in paths:
         st = Path(p).stat() if Path(p).exists() else None
+        # surrogateescape: a file name that is not valid UTF-8 keeps its own bytes
         digest.update(f"{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n"
-                      .encode())
+                      .encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:20]
 
 
@@ -400,8 +400,8 @@ def image_embeddings(itm: ImageTextModel, paths: Sequence[Path], cfg: Config, rt
     when cfg.vl_flip), "index": (n_ok,) positions in `paths`, "failed": [(position, error)]}
     (undecodable images are left out and listed; lenient: test images get a second,
     lenient decoding try first). Uses every visible GPU (spread_over_gpus)."""
-    from . import inference
-    from .checkpoint import atomic_write_bytes
+    from .. import inference
+    from ..checkpoint import atomic_write_bytes
 
     side, mean, std = itm.view_settings()
     plan = inference.ViewPlan(size=side, flip=cfg.vl_flip, mean=mean, std=std)
@@ -440,6 +440,6 @@ def image_embeddings(itm: ImageTextModel, paths: Sequence[Path], cfg: Config, rt
 
 
 def _workers(cfg: Config) -> int:
-    from .pipeline import resolve_workers
+    from ..pipeline import resolve_workers
 
     return resolve_workers(cfg.num_workers)
