@@ -261,8 +261,8 @@ def fit(cfg: Config, rt: Runtime, ch: Challenge, train_idx: list[int], val_idx: 
                                    len(ch.classes), scale=src.scale, report={"untuned": True})
         fusion.save_fusion(state, cfg.output_dir)
     # The final fits learn from every labelled image: training + validation.
-    arrays = {k: np.concatenate([train[k], val[k]]) for k in ("features", "vl", "labels")
-              if k in train}
+    arrays = {k: np.concatenate([a for a in (train[k], val[k]) if len(a)] or [train[k]])
+              for k in ("features", "vl", "labels") if k in train}
     if src.text is not None:  # lets predict check that it embeds with the same model
         arrays["text"] = src.text
     buffer = io.BytesIO()
