@@ -46,3 +46,15 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None):
     return subprocess.run([sys.executable, "-m", "pixelplay_lib", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+def load_kaggle_ops():
+    """tools/kaggle_ops.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kaggle_ops", REPO / "tools" / "kaggle_ops.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["kaggle_ops"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module

@@ -9,7 +9,6 @@ and the user's real ~/.kaggle is never read.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import load_kaggle_ops  # noqa: E402
 from kaggle_server import Answer, FakeKaggle, not_found  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,16 +39,7 @@ pytestmark = [
 ]
 
 
-def _load_ops():
-    spec = importlib.util.spec_from_file_location("kaggle_ops", REPO / "tools" / "kaggle_ops.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["kaggle_ops"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-ops = _load_ops()
+ops = load_kaggle_ops()
 
 
 def notebook(name: str) -> dict:

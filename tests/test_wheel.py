@@ -16,7 +16,6 @@ bootstrap cell finding the wheel (PIXELPLAY_INPUT_ROOT points it at the fake roo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import load_kaggle_ops
 
 from pixelplay_lib.demo import write_demo_dataset
 
@@ -36,15 +36,6 @@ KERNEL = "pixelplay-from-wheel"
 pytestmark = pytest.mark.slow
 
 
-def load_ops():
-    spec = importlib.util.spec_from_file_location("kaggle_ops", REPO / "tools" / "kaggle_ops.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["kaggle_ops"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def build_wheel(tmp: Path) -> Path:
     """push-lib's build, from a copy of the sources (the shared tree's build/ stays as is)."""
     src = tmp / "src"
@@ -52,7 +43,7 @@ def build_wheel(tmp: Path) -> Path:
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    return load_ops().build_wheel(sys.executable, src, tmp / "dist")
+    return load_kaggle_ops().build_wheel(sys.executable, src, tmp / "dist")
 
 
 def kernel_without_pixelplay(tmp: Path, input_root: Path) -> Path:
