@@ -29,7 +29,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..config import Config
-from ..data import Challenge, load_class_attributes
+from ..data import Challenge, DataError, load_class_attributes
 from ..inference import ViewPlan, classifier_forward, open_images, prepare, run_images
 from ..model import Net, WeightsUnavailable
 from ..pipeline import resolve_workers
@@ -84,11 +84,12 @@ def open_sources(cfg: Config, trained: Config, ch: Challenge, rt: Runtime, net: 
     available = []
     if net is not None:
         available.append("resnet")
+    if net is not None and "attributes" in asked:
         try:
             src.attributes = load_class_attributes(ch.root, ch.classes)[0]
             available.append("attributes")
-        except Exception as e:
-            _skip(auto and "attributes" in asked, "attributes", e)
+        except DataError as e:
+            _skip(auto, "attributes", e)
     if "imagenet" in asked:
         try:
             src.pretrained = prepare(imagenet.load_imagenet_network(
