@@ -59,7 +59,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pixelplay_lib.config import make_config
+from pixelplay_lib.config import Config, make_config
 from pixelplay_lib.data import load_challenge
 from pixelplay_lib.demo import write_demo_dataset
 from pixelplay_lib.inference import ViewPlan, classifier_forward, open_images, run_images
@@ -525,10 +525,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no GPU")
-    cfg = make_config(arch=args.arch, weights="none", trainable="layer4,fc",
-                      image_size=args.image_size, batch_size=args.batch_size,
-                      num_workers=args.workers, amp=args.amp, channels_last=args.channels_last,
-                      devices="cpu" if args.device == "cpu" else "auto")
+    # Random weights on purpose (speed, not accuracy): Config directly, without make_config's
+    # warning about frozen random blocks.
+    cfg = Config(arch=args.arch, weights="none", trainable="layer4,fc",
+                 image_size=args.image_size, batch_size=args.batch_size,
+                 num_workers=args.workers, amp=args.amp, channels_last=args.channels_last,
+                 devices="cpu" if args.device == "cpu" else "auto")
     rt = make_runtime(cfg)
     dev = rt.device
     args.steps = args.steps or (2 if dev.type == "cpu" else 30)
