@@ -18,6 +18,7 @@ them (`find_cached` also looks below input_root, where a train kernel's output i
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ import torch
 
 from ..config import Config
 from ..locate import walk_inputs
+from ..pipeline import resolve_workers
 
 log = logging.getLogger("pixelplay")
 
@@ -424,22 +426,14 @@ def image_embeddings(itm: ImageTextModel, paths: Sequence[Path], cfg: Config, rt
     images = inference.open_images(paths, side, cfg, desc, lenient)
     out = inference.run_images(forward, images, range(len(paths)), plan, rt,
                                batch_images=cfg.vl_batch_size,
-                               workers=_workers(cfg), keep={"emb": "mean"})
+                               workers=resolve_workers(cfg.num_workers), keep={"emb": "mean"})
     emb = out["emb"].reshape(len(out["index"]), -1)
     emb = emb / (np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12)
     failed = [(int(i), str(e)) for i, e in out["failed"]]
     target = Path(cfg.output_dir) / "embeddings" / f"{key}.npz"
     target.parent.mkdir(parents=True, exist_ok=True)
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, emb=emb.astype(np.float32), index=out["index"].astype(np.int64),
              failed=np.array(json.dumps(failed)))
     atomic_write_bytes(target, buf.getvalue())
     return {"emb": emb.astype(np.float32), "index": out["index"], "failed": failed}
-
-
-def _workers(cfg: Config) -> int:
-    from ..pipeline import resolve_workers
-
-    return resolve_workers(cfg.num_workers)
