@@ -10,7 +10,7 @@ DEMO_OUT ?= runs/demo
 
 .PHONY: help venv demo test lint bench sync clean
 help:
-	@grep -hE '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | sort
+	@grep -hE '^[a-z%-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | sort
 
 $(STAMP): pyproject.toml requirements-local.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements-local.txt
 
 venv: $(STAMP) ## create .venv and install the project (pinned torch)
 
-demo: $(STAMP) ## generate demo data, train on CPU, predict, score against the answer key
+demo: $(STAMP) ## generate demo data, train on CPU, fit the fusion, predict, score against the answer key
 	$(PY) -m pixelplay_lib demo-data --out $(DEMO)
 	$(PY) -m pixelplay_lib train --preset demo --data-root $(DEMO) --output-dir $(DEMO_OUT)
 	$(PY) -m pixelplay_lib predict --data-root $(DEMO) --output-dir $(DEMO_OUT)

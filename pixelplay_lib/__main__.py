@@ -32,9 +32,15 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pixelplay_lib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("train", "train (or resume) a model into --output-dir"),
-                       ("predict", "vote on the test images; writes submission.csv")):
-        add_config_flags(sub.add_parser(name, help=text))
+    for name, text, more in (
+            ("train", "train (or resume) the network into --output-dir, then fit the fusion "
+             "of the experts", ""),
+            ("predict", "the fused decision (or votes) for every test image; writes "
+             "submission.csv", "The run's training settings (arch, image size, experts, "
+             "image-text model...) come from its model.pt / fusion.pt: flags that change the "
+             "model are ignored here. What applies: paths, devices, workers, batch sizes, "
+             "tta_votes, vote, zero_shot, zs_gamma, model_path.")):
+        add_config_flags(sub.add_parser(name, help=text, description=(text + ". " + more)))
     score = sub.add_parser("score", help="accuracy of a submission against an answer key, "
                            "and of every expert on the Special-Package photos")
     score.add_argument("--submission", required=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from conftest import run_cli
 
 from pixelplay_lib.demo import write_demo_dataset
@@ -165,6 +166,17 @@ def test_vision_language_experts_join_the_fusion(data, trained, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = pd.read_csv(out / "submission.csv")
     assert len(rows) == 200 and rows["class"].notna().all()
+    # A fusion may keep the transductive term while giving text and probe no weight: predict
+    # must still embed the test images for it.
+    state = torch.load(out / "fusion.pt", weights_only=True)
+    state["weights"] = [0.0 if n in ("text", "probe") else w
+                        for n, w in zip(state["names"], state["weights"], strict=True)]
+    state["transductive_weight"] = 1.0
+    torch.save(state, out / "fusion.pt")
+    (out / "submission.csv").unlink()
+    done = run_cli("predict", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(pd.read_csv(out / "submission.csv")) == 200
 
 
 def test_image_text_experts_alone_need_no_network(demo_dir, tmp_path):

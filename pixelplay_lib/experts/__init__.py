@@ -281,6 +281,8 @@ def load_fitted(cfg: Config, rt: Runtime, ch: Challenge, run_dir: Path, trained:
     if cfg.zs_gamma != "auto":
         state.gamma = float(cfg.zs_gamma)
     used = [n for n, w in zip(state.names, state.weights, strict=True) if w]
+    if state.transductive_weight and "text" not in used:
+        used.append("text")  # the transductive term needs the image-text embeddings
     # The image-text model and prompts are part of the fitted model (like image_size): the
     # training run's, unless predict names another model explicitly (then checked below).
     vl = {k: getattr(trained, k) for k in VL_FIELDS}
