@@ -4,6 +4,7 @@ embeddings, image embeddings and their cache. Tiny random-weight models, offline
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -153,3 +154,28 @@ def test_image_embeddings_are_cached(tiny_clip: Path, demo_root: Path, tmp_path:
                             vl_batch_size=8, input_root=str(tmp_path / "input"))
     imagetext.image_embeddings(itm, paths, infer_cfg, rt)
     assert calls == []
+
+
+def test_embedding_key_takes_file_names_that_are_not_utf8(tmp_path):
+    """A Windows zip unpacked on Linux gives names with raw bytes (surrogate-escaped str):
+    the cache key must hash them, not crash, and tell them apart."""
+    from pixelplay_lib.inference import ViewPlan
+
+    odd = tmp_path / os.fsdecode(b"caf\x82_zz.jpg")
+    odd.write_bytes(b"x")
+    plain = tmp_path / "cafe_zz.jpg"
+    plain.write_bytes(b"x")
+    plan = ViewPlan(32)
+    assert imagetext.embedding_key("m", [odd], plan) != imagetext.embedding_key("m", [plain],
+                                                                                plan)
+
+
+def test_predict_refuses_another_image_text_model_than_train_used():
+    from pixelplay_lib.config import Config
+    from pixelplay_lib.experts import Sources, check_same_text
+
+    text = np.eye(3)
+    src = Sources([], Config(), text=text)
+    check_same_text(src, {"text": text + 1e-4}, "org/a")  # the same model (fp16 noise)
+    with pytest.raises(ValueError, match="other class embeddings.*org/a"):
+        check_same_text(src, {"text": np.roll(text, 1, axis=0)}, "org/a")

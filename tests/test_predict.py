@@ -141,6 +141,26 @@ def test_sample_submission_header_and_order_win(tmp_path, test_files):
                                              "00001.jpg,a"]
 
 
+@pytest.mark.parametrize("width, suffix", [(5, ".jpg"), (3, ".png")])
+def test_sample_submission_ids_without_zero_padding_match_by_number(tmp_path, width, suffix):
+    files = [tmp_path / f"{i:0{width}d}{suffix}" for i in (1, 2, 3)]
+    sample = tmp_path / "sample_submission.csv"
+    sample.write_text("image_id,class\n2,x\n3,x\n1,x\n")
+    path = write_submission(frame([f.name for f in files], ["a", "b", "a"]), files,
+                            ["a", "b"], tmp_path / "sub.csv", sample)
+    assert path.read_text().splitlines() == ["image_id,class", "2,b", "3,a", "1,a"]
+
+
+def test_predict_before_training_finished_says_to_resume(tmp_path):
+    from pixelplay_lib.inference import load_trained
+
+    (tmp_path / "ckpt-e0003-s0000000.pt").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="stopped before its end.*ckpt-e0003.*again"):
+        load_trained(tmp_path / "model.pt")
+    with pytest.raises(FileNotFoundError, match="train first"):
+        load_trained(tmp_path / "elsewhere" / "model.pt")
+
+
 def test_score_splits_seen_and_unseen_found_under_input_root(demo_dir):
     from pixelplay_lib.score import score_submission
 
