@@ -148,12 +148,14 @@ def test_image_embeddings_are_cached(tiny_clip: Path, demo_root: Path, tmp_path:
     assert calls == []  # no second forward pass
     np.testing.assert_array_equal(again["emb"], first["emb"])
     # the infer kernel: its own output_dir is empty, the train run is mounted below input_root
-    mounted = tmp_path / "input" / "train-kernel"
-    shutil.copytree(tmp_path / "out" / "embeddings", mounted / "embeddings")
-    infer_cfg = tiny_config(demo_root, tmp_path / "infer", vl_model=str(tiny_clip),
-                            vl_batch_size=8, input_root=str(tmp_path / "input"))
-    imagetext.image_embeddings(itm, paths, infer_cfg, rt)
-    assert calls == []
+    # (an older session's <slug>/, and today's notebooks/<owner>/<kernel>/)
+    for k, mounted in enumerate(["train-kernel", "notebooks/someone/pixelplay-train"]):
+        inputs = tmp_path / f"input{k}"
+        shutil.copytree(tmp_path / "out" / "embeddings", inputs / mounted / "embeddings")
+        infer_cfg = tiny_config(demo_root, tmp_path / f"infer{k}", vl_model=str(tiny_clip),
+                                vl_batch_size=8, input_root=str(inputs))
+        imagetext.image_embeddings(itm, paths, infer_cfg, rt)
+        assert calls == [], mounted
 
 
 def test_embedding_key_takes_file_names_that_are_not_utf8(tmp_path):

@@ -175,16 +175,14 @@ def pool_arrays(src: Sources, cfg: Config, rt: Runtime, paths: list[Path],
 
 def network_forward(net: Net | None, pretrained: torch.nn.Module | None):
     """One pass of both networks on the same views: (forward, keep) for run_images."""
-    fine = classifier_forward(net) if net is not None else None
-    keep = {"logits": "all", "features": "first"} if fine is not None else {}
+    forwards = ([classifier_forward(net)] if net is not None else []) + (
+        [imagenet.imagenet_forward(pretrained)] if pretrained is not None else [])
+    keep = {"logits": "all", "features": "first"} if net is not None else {}
     if pretrained is not None:
         keep.update(imagenet.KEEP)
 
     def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = fine(x) if fine is not None else {}
-        if pretrained is not None:
-            out[imagenet.OUTPUT] = pretrained(x)
-        return out
+        return {name: t for f in forwards for name, t in f(x).items()}
 
     return forward, keep
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..locate import walk_inputs
+from ..locate import find_files, walk_inputs
 from ..pipeline import resolve_workers
 
 log = logging.getLogger("pixelplay")
@@ -342,18 +342,15 @@ def embedding_key(name: str, paths: Sequence[Path], plan: Any) -> str:
 
 def find_cached(key: str, output_dir: str, input_root: str) -> Path | None:
     """embeddings/<key>.npz in output_dir, else in an earlier run's output below input_root
-    (a train kernel attached to the infer kernel); None when nowhere."""
+    (a train kernel attached to the infer kernel, in any mount layout: locate's bounded
+    walk); None when nowhere."""
     own = Path(output_dir) / "embeddings" / f"{key}.npz"
     if own.is_file():
         return own
-    root = Path(input_root) if input_root else None
-    if root is None or not root.is_dir():
+    if not input_root:
         return None
-    for pattern in (f"*/embeddings/{key}.npz", f"*/*/embeddings/{key}.npz"):
-        hits = sorted(root.glob(pattern))
-        if hits:
-            return hits[0]
-    return None
+    hits = [p for p in find_files(input_root, f"{key}.npz") if p.parent.name == "embeddings"]
+    return hits[0] if hits else None
 
 
 class _VisionTower(torch.nn.Module):
