@@ -24,7 +24,7 @@ venv: $(STAMP) ## create .venv and install the project (pinned torch)
 demo: $(STAMP) ## generate demo data, train on CPU, fit the fusion, predict, score against the answer key
 	$(PY) -m pixelplay_lib demo-data --out $(DEMO)
 	$(PY) -m pixelplay_lib train --preset demo --data-root $(DEMO) --output-dir $(DEMO_OUT)
-	$(PY) -m pixelplay_lib predict --data-root $(DEMO) --output-dir $(DEMO_OUT)
+	$(PY) -m pixelplay_lib predict --data-root $(DEMO) --output-dir $(DEMO_OUT) --overwrite true
 	$(PY) -m pixelplay_lib score --submission $(DEMO_OUT)/submission.csv --answers $(DEMO)/answer_key.csv --data-root $(DEMO)
 
 test: $(STAMP) ## the whole test suite, CPU only, no network
@@ -52,7 +52,8 @@ bench: $(STAMP) ## speed benchmark, baseline vs project, side by side (table + J
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check pixelplay_lib tests bench tools notebooks/*.py
 
-clean: ## remove generated data and runs (keeps .venv)
-	rm -rf $(DEMO) runs build dist
+# runs/kaggle-* hold downloaded Kaggle outputs (trained models, submissions): never removed.
+clean: ## remove demo data, runs/demo, runs/notebooks, build, dist (keeps .venv, runs/kaggle-* downloads, other runs)
+	rm -rf $(DEMO) $(DEMO_OUT) runs/notebooks build dist
 
 -include kaggle.mk

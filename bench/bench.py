@@ -17,6 +17,12 @@ Rows (images per second, higher is better):
      size 1, 7 sequential passes per image, full-size decode. Project: test cache build +
      ViewPlan(votes=7) (central view + 7 votes) + all views of a batch in one pass
      (inference.run_images) + predict.vote.
+  f  the experts' network pass (views/s): the fine-tuned network (trainable=layer4,fc) and
+     the pretrained ImageNet network over the same views. Baseline: two forwards, as before.
+     Project: experts.network_forward, whose frozen, bit-identical trunk (conv1..layer3 of a
+     ResNet) runs once per view for both (imagenet.shared_trunk_forward). Random weights
+     shared by the two, as ImageNet weights would be; small views (--trunk-size), a few
+     batches; FLOPs per view of each way counted with FlopCounterMode.
 On a GPU also: the matmul rate (bf16/fp16), the FLOPs of one training image (counted with
 FlopCounterMode) and training at % of the compute-bound rate.
 
@@ -383,6 +389,60 @@ def bench_votes(args, ch, rt, net, workers: int, cache_dir: Path) -> dict:
             "test_images": n, "votes": votes, "ratio": (n / proj_s) / (n / base_s)}
 
 
+# ------------------------------------------------------------------ (f) shared trunk
+def bench_shared_trunk(args, rt) -> dict:
+    """Two forwards (fine-tuned Net + pretrained classifier) vs the shared-trunk forward of
+    experts.network_forward, on random views: views/s of each, their ratio, FLOPs per view."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pixelplay_lib.experts import network_forward
+    from pixelplay_lib.experts.imagenet import imagenet_forward
+
+    dev = rt.device
+    size = args.trunk_size or (112 if dev.type == "cpu" else args.image_size)
+    batches = args.trunk_batches or (3 if dev.type == "cpu" else 20)
+    torch.manual_seed(0)
+    pretrained = torchvision.models.get_model(args.arch, weights=None)
+    net = build_model(args.arch, NUM_CLASSES, "none", "layer4,fc")
+    net.body.load_state_dict(pretrained.state_dict(), strict=False)  # its head aside
+    for model in (net, pretrained):
+        model.to(dev).eval()
+        if rt.channels_last:
+            model.to(memory_format=torch.channels_last)
+    shared, _ = network_forward(net, pretrained)
+    separate = [classifier_forward(net), imagenet_forward(pretrained)]
+
+    def two(x):
+        return {k: v for f in separate for k, v in f(x).items()}
+
+    n = args.batch_size * 2
+    x = rt.to_device(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8))
+    out = {}
+    with torch.inference_mode(), rt.autocast():
+        a, b = two(x), shared(x)
+        diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+        for name, forward in (("baseline", two), ("project", shared)):
+            with FlopCounterMode(display=False) as fc:
+                forward(x[:1])
+            out[name] = {"gflop_per_view": fc.get_total_flops() / 2 / 1e9}
+        say(f"(f) {args.arch} at {size} px: two forwards vs shared trunk, {batches} batches "
+            f"of {n} views each, interleaved")
+        for _ in range(2):  # interleaved halves: load changes hit both alike
+            for name, forward in (("baseline", two), ("project", shared)):
+                forward(x)  # warm-up
+                sync(dev)
+                t = time.perf_counter()
+                for _ in range(batches):
+                    forward(x)
+                sync(dev)
+                out[name]["seconds"] = out[name].get("seconds", 0.0) + time.perf_counter() - t
+    for name in ("baseline", "project"):
+        out[name]["img_s"] = 2 * batches * n / out[name]["seconds"]
+    return {**out, "ratio": out["project"]["img_s"] / out["baseline"]["img_s"],
+            "flop_ratio": out["baseline"]["gflop_per_view"] / out["project"]["gflop_per_view"],
+            "max_abs_diff": diff, "size": size, "views_per_batch": n, "batches": 2 * batches}
+
+
 # ------------------------------------------------------------------ compute-bound rate
 def matmul_rate(dev: torch.device, dtype: torch.dtype) -> float:
     """TFLOP/s of a large square matmul (2 n^3 FLOPs)."""
@@ -428,7 +488,9 @@ def table(res: dict) -> str:
     rows = [("a", "training input pipeline (img/s, steady state)", res.get("a")),
             ("b", f"training steps, {res['args']['arch']} batch {res['args']['batch_size']}",
              res.get("b")),
-            ("c", f"prediction, {res['args']['votes']} votes (test img/s)", res.get("c"))]
+            ("c", f"prediction, {res['args']['votes']} votes (test img/s)", res.get("c")),
+            ("f", f"experts' pass: fine-tuned + ImageNet {res['args']['arch']}, "
+                  f"{res.get('f', {}).get('size')} px (views/s)", res.get("f"))]
     lines = ["| row | what | baseline img/s | project img/s | ratio |",
              "|---|---|---:|---:|---:|"]
     for key, what, r in rows:
@@ -463,6 +525,13 @@ def notes(res: dict) -> list[str]:
                    f"1 per image; project {c['project']['views_per_image']} views per image "
                    f"(central + {c['votes']} votes), {c['project']['images_per_pass']} images "
                    f"per pass, test-cache build included ({c['project']['cache_build_s']:.1f} s).")
+    f = res.get("f")
+    if f:
+        out.append(f"(f) {f['batches']} timed batches of {f['views_per_batch']} views; baseline "
+                   f"two forwards ({f['baseline']['gflop_per_view']:.2f} GFLOP/view), project "
+                   f"the shared trunk ({f['project']['gflop_per_view']:.2f} GFLOP/view, "
+                   f"{f['flop_ratio']:.2f}x fewer); outputs equal within "
+                   f"{f['max_abs_diff']:.1e}.")
     if g:
         rates = ", ".join(f"{k} {fmt(v)}" for k, v in g["matmul_tflops"].items())
         out.append(f"Matmul TFLOP/s: {rates}. Training FLOPs counted: "
@@ -478,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--only", default="abcde", help="rows to run, e.g. 'a' or 'bde'")
+    ap.add_argument("--only", default="abcdef", help="rows to run, e.g. 'a' or 'bde'")
     ap.add_argument("--data-dir", default="", help="where generated JPEGs are kept "
                     "(default: $TMPDIR/pixelplay-bench)")
     ap.add_argument("--train-per-class", type=int, default=8,
@@ -491,6 +560,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--steps", type=int, default=0, help="timed steps in b (0: 2 CPU, 30 GPU)")
     ap.add_argument("--votes", type=int, default=7)
+    ap.add_argument("--trunk-size", type=int, default=0, help="f: view size in px (0: 112 on "
+                    "CPU, --image-size on GPU)")
+    ap.add_argument("--trunk-batches", type=int, default=0, help="f: timed batches per way "
+                    "and half (0: 3 CPU, 20 GPU)")
     ap.add_argument("--workers", type=int, default=-1, help="project loader workers "
                     "(-1: the config default, one per core up to 8)")
     ap.add_argument("--baseline-epochs", type=int, default=2)
@@ -500,9 +573,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
     ap.add_argument("--slow-augment", action="store_true",
                     help="project views with the torchvision tensor ops (fast_augment=False)")
-    ap.add_argument("--vl-train", type=int, default=5100, help="d: training embeddings")
-    ap.add_argument("--vl-val", type=int, default=880, help="d: validation embeddings")
-    ap.add_argument("--vl-dim", type=int, default=1152, help="d: embedding width (So400m)")
+    ap.add_argument("--sim-regimes", default="balanced,unseen-harder,text-at-ceiling",
+                    help="d: regimes of experts/simulate.py (comma list)")
+    ap.add_argument("--sim-seeds", type=int, default=1, help="d: seeds per regime")
     ap.add_argument("--vl-models", default="auto", help="e: comma list of "
                     f"{', '.join(bench_vl.SPECS)} (auto: CUDA siglip-so400m,clip-vit-l14; "
                     "CPU siglip-tiny)")
@@ -577,11 +650,11 @@ def main(argv: list[str] | None = None) -> int:
                     net.to(memory_format=torch.channels_last)
             res["c"] = bench_votes(args, ch, rt, net, workers, work / "test")
         net = None  # free the ResNet: row e reports its own peak GPU memory
+        if "f" in args.only:
+            res["f"] = bench_shared_trunk(args, rt)
         if "d" in args.only:
-            say(f"(d) protocol + fusion on synthetic arrays: {args.vl_train} train / "
-                f"{args.vl_val} val, d={args.vl_dim}")
-            res["d"] = bench_vl.bench_protocol(args.vl_train, args.vl_val, args.vl_dim,
-                                               args.votes, make_config().zs_folds, args.seed)
+            say(f"(d) fusion on the simulated challenge's arrays: {args.sim_regimes}")
+            res["d"] = bench_vl.bench_protocol(args.sim_regimes.split(","), args.sim_seeds)
         if "e" in args.only:
             res["e"] = bench_embedding_rows(args, ch, rt, workers, res, work / "vl")
     finally:

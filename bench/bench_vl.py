@@ -1,8 +1,10 @@
 """Rows d and e of the benchmark: the vision-language path (imported by bench/bench.py).
 
-  d  protocol + fusion on cached embeddings (CPU seconds). SYNTHETIC arrays of the
-     challenge's size go through experts.build_experts and fusion.fit_fusion exactly as
-     experts.fit calls them: the text, probe, resnet and attribute experts, transductive auto.
+  d  the fusion on saved arrays (CPU seconds, and accuracy on a SIMULATION): the simulated
+     challenge of experts/simulate.py (3,000 test images, CLIP-like embeddings, a network
+     expert) goes through experts.arrays.fit and .apply exactly as train / predict / fuse
+     call them; per regime: seconds, fused vs text-only vs the test-optimal gamma, and the
+     estimate's error.
   e  image-embedding throughput of an image-text model built from a config written here,
      with RANDOM weights (nothing is downloaded), through imagetext.image_embeddings (the
      decoded-image cache, run_images views with the mirror, AMP, fp16 weights on a GPU as
@@ -17,8 +19,6 @@
 from __future__ import annotations
 
 import gc
-import math
-import tempfile
 import time
 import types
 from dataclasses import dataclass, replace
@@ -28,140 +28,48 @@ from typing import Any
 import numpy as np
 import torch
 
-from pixelplay_lib import experts as experts_mod
 from pixelplay_lib.config import make_config
-from pixelplay_lib.data import bundled_attributes, fill_missing
-from pixelplay_lib.experts import fusion, imagetext
+from pixelplay_lib.experts import arrays, fusion, imagetext, simulate, testpool
 from pixelplay_lib.inference import open_images
 from pixelplay_lib.runtime import Runtime
 
 # ------------------------------------------------------------------ (d) protocol + fusion
 
-N_CLASSES, N_SEEN = 50, 40
-FEATURE_DIM = 2048  # ResNet-101 pooled features
-PROTOCOL_SCALE = 100.0  # the logit scale the text / probe experts use (fusion's default)
+def best_gamma_accuracy(state: fusion.FusionState, run: Any, truth: np.ndarray) -> float:
+    """Test accuracy of the chosen weights at the test-optimal gamma (every flip point)."""
+    experts = arrays.build_experts(run, "test", state.names)
+    scores = {e.name: e.scores(run.seen) for e in experts}
+    fused = fusion.fuse([scores[n] for n, w in zip(state.names, state.weights, strict=True)
+                         if w], [w for w in state.weights if w])
+    t = testpool.seen_gap(fused, run.seen, run.unseen)
+    cuts = np.unique(np.concatenate([t - 1e-7, t + 1e-7]))
+    return max(float((fusion.decide(fused, run.seen, g) == truth).mean()) for g in cuts[::2])
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-@dataclass
-class SyntheticVL:
-    """Challenge-sized synthetic expert inputs (see synthetic_vl)."""
-
-    text: np.ndarray  # (50, dim) class text embeddings, unit rows
-    attributes: np.ndarray  # (50, 85) AwA2 class attributes (bundled table)
-    seen: list[int]  # the 40 seen classes
-    train: dict[str, np.ndarray]  # "vl" (m, dim), "features" (m, 2048), "labels" (m,)
-    val: dict[str, np.ndarray]  # "vl", "features", "logits" (n, 1 + votes, 50), "labels"
-
-
-def synthetic_vl(n_train: int, n_val: int, dim: int, votes: int, seed: int) -> SyntheticVL:
-    """Synthetic arrays shaped like the challenge's: 40 seen of 50 classes, image-text
-    embeddings of width `dim`, ResNet logits of 1 + votes views and 2048-d features.
-
-    Class structure comes from the real AwA2 attribute table, so similar animals are close
-    in every space (the experts confuse the same pairs the real ones would). Image
-    embeddings = a shared offset (the image-text modality gap) + the class's text direction
-    + a visual-only class direction (what the probe can learn beyond the text) + noise;
-    features are linear in the class attributes (what the attribute expert can use) plus a
-    class-specific part; logits favour the true class, its look-alikes, then the rest
-    (unseen columns low: the network never trained them). Coefficients were tuned so that
-    the experts alone land near real figures (seed 0: text zero-shot 0.89 over the 50
-    classes, the ResNet's mean vote 0.95 over the seen ones).
-    """
-    rng = np.random.default_rng(seed)
-    attrs = fill_missing(bundled_attributes()[2])[:N_CLASSES]
-    centred = _unit(attrs - attrs.mean(0))
-    similar = centred @ centred.T  # (50, 50) class similarity in [-1, 1]
-    text, visual = (_unit(0.9 * _unit(centred @ rng.normal(size=(attrs.shape[1], dim)))
-                          + 0.44 * _unit(rng.normal(size=(N_CLASSES, dim)))) for _ in range(2))
-    gap = _unit(rng.normal(size=dim))
-    seen = sorted(int(c) for c in rng.choice(N_CLASSES, N_SEEN, replace=False))
-    share = rng.uniform(0.4, 1.6, N_SEEN)  # AwA2's classes are unbalanced
-    mix = rng.normal(size=(attrs.shape[1], FEATURE_DIM)) / math.sqrt(attrs.shape[1])
-    own = rng.normal(size=(N_CLASSES, FEATURE_DIM))
-
-    def draw(n: int) -> dict[str, np.ndarray]:
-        labels = rng.choice(seen, n, p=share / share.sum())
-        noise = rng.normal(size=(n, dim)) / math.sqrt(dim)
-        vl = _unit(gap + 0.16 * text[labels] + 0.16 * visual[labels] + noise)
-        feats = np.maximum(0.0, centred[labels] @ mix + own[labels]
-                           + rng.normal(size=(n, FEATURE_DIM)))
-        return {"vl": vl.astype(np.float32), "features": feats.astype(np.float32),
-                "labels": labels}
-
-    train, val = draw(n_train), draw(n_val)
-    y = val["labels"]
-    base = 2.5 * np.eye(N_CLASSES)[y] + 2.0 * similar[y] + rng.normal(size=(len(y), N_CLASSES))
-    base[:, [c for c in range(N_CLASSES) if c not in seen]] -= 4.0
-    val["logits"] = (base[:, None, :] + 0.8 * rng.normal(size=(len(y), 1 + votes, N_CLASSES))
-                     ).astype(np.float32)
-    return SyntheticVL(text, attrs, seen, train, val)
-
-
-@dataclass
-class TimedExpert:
-    """An expert whose `scores` calls are timed (the protocol sees the same name, covers
-    and scores): which expert's fitting the protocol's time goes to."""
-
-    inner: Any
-    seconds: float = 0.0
-    calls: int = 0
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def covers(self) -> set[int] | None:
-        return self.inner.covers
-
-    def scores(self, fit_classes: list[int]) -> np.ndarray:
-        t = time.perf_counter()
-        out = self.inner.scores(fit_classes)
-        self.seconds += time.perf_counter() - t
-        self.calls += 1
-        return out
-
-
-def bench_protocol(n_train: int, n_val: int, dim: int, votes: int, folds: int, seed: int
-                   ) -> dict[str, Any]:
-    """Row d: seconds of experts.build_experts + fusion.fit_fusion on synthetic arrays.
-
-    Returns wall seconds, the chosen weights / gamma / transductive weight, each expert's
-    share of the time (its scores calls, i.e. its refits on every fold) and the protocol's
-    (synthetic) table."""
-    t = time.perf_counter()
-    data = synthetic_vl(n_train, n_val, dim, votes, seed)
-    gen_s = time.perf_counter() - t
-    names = ["resnet", "attributes", "text", "probe"]  # fusion.EXPERT_NAMES order
-    with tempfile.TemporaryDirectory(prefix="pixelplay-bench-fusion-") as out:
-        cfg = make_config(output_dir=out, zs_folds=folds, seed=seed, transductive="auto")
-        src = experts_mod.Sources(names, cfg, text=data.text, scale=PROTOCOL_SCALE,
-                                  attributes=data.attributes)
-        classes = [f"class{c}" for c in range(N_CLASSES)]
-        t, cpu = time.perf_counter(), time.process_time()
-        built = experts_mod.build_experts(src, data.val, data.train, classes)
-        timed = [TimedExpert(e) for e in built]
-        state = fusion.fit_fusion(cfg, timed, data.val["labels"], data.seen, N_CLASSES,
-                                  data.val["vl"], data.text, PROTOCOL_SCALE)
-        wall, cpu = time.perf_counter() - t, time.process_time() - cpu
-    report = state.report
-    return {"seconds": wall, "cpu_seconds": cpu, "threads": torch.get_num_threads(),
-            "synthetic": True, "generate_s": gen_s,
-            "sizes": {"train": n_train, "val": n_val, "dim": dim, "feature_dim": FEATURE_DIM,
-                      "classes": N_CLASSES, "seen": N_SEEN, "votes": votes, "folds": folds},
-            "weights": dict(zip(state.names, state.weights, strict=True)),
-            "gamma": state.gamma, "transductive_weight": state.transductive_weight,
-            "transductive_kept": bool(report.get("transductive", {}).get("kept")),
-            "expert_seconds": {e.name: e.seconds for e in timed},
-            "expert_calls": {e.name: e.calls for e in timed},
-            "alone_acc": {n: r["acc"] for n, r in report["experts"].items()},
-            "fused": report["fusion"],
-            "with_transductive": report.get("transductive", {}).get("with"),
-            "table": fusion.report_lines(state)}
+def bench_protocol(regimes: list[str], seeds: int) -> dict[str, Any]:
+    """Row d: arrays.fit + arrays.apply on the simulated challenge, per regime and seed:
+    wall / CPU seconds, the accuracy of the fused rule, of text alone at gamma 0 (the first
+    place's rule), of the chosen weights at the test-optimal gamma, and the estimate."""
+    runs = []
+    for regime in regimes:
+        for seed in range(seeds):
+            sim = simulate.simulate(regime, seed)
+            run = sim.to_arrays()
+            t, cpu = time.perf_counter(), time.process_time()
+            state = arrays.fit(run, run.available())
+            pred, alone = arrays.apply(state, run, "test")
+            wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+            truth = sim.test_labels
+            chosen = state.report["test_pool"]["chosen"]
+            runs.append({"regime": regime, "seed": seed, "seconds": wall, "cpu_seconds": cpu,
+                         "fused": float((pred == truth).mean()),
+                         "text_only": float((alone["text"] == truth).mean()),
+                         "best_gamma": best_gamma_accuracy(state, run, truth),
+                         "estimate": chosen["acc"], "interval": list(chosen["interval"]),
+                         "rule": chosen["name"], "protocol_estimate":
+                         state.report["protocol"]["fusion"]["acc"]})
+    return {"synthetic": True, "threads": torch.get_num_threads(), "runs": runs,
+            "sizes": {"test": 3000, "dim": 768, "classes": 50, "seen": 40}}
 
 
 # ------------------------------------------------------------------ (e) embedding throughput
@@ -374,13 +282,15 @@ def table(res: dict) -> str:
     lines = []
     d = res.get("d")
     if d:
-        z = d["sizes"]
-        weights = ", ".join(f"{n} {w:g}" for n, w in d["weights"].items())
-        kept = "kept" if d["transductive_kept"] else "not kept"
-        lines.append(f"| d | protocol + fusion on cached embeddings (SYNTHETIC arrays: "
-                     f"{z['train']:,} train / {z['val']} val, d={z['dim']}; CPU) | "
-                     f"**{d['seconds']:.1f} s**; weights {weights}; gamma {d['gamma']:.2f}; "
-                     f"transductive weight {d['transductive_weight']:g} ({kept}) |")
+        runs = d["runs"]
+        gain = min(r["fused"] - r["text_only"] for r in runs)
+        gap = np.mean([r["best_gamma"] - r["fused"] for r in runs])
+        err = np.mean([abs(r["estimate"] - r["fused"]) for r in runs])
+        lines.append(f"| d | fusion on saved arrays (SIMULATION, {len(runs)} runs, 3,000 test "
+                     f"images each; CPU) | **{np.median([r['seconds'] for r in runs]):.1f} s** "
+                     f"median per fit + apply; fused - text-only: min {100 * gain:+.2f} pt; "
+                     f"gap to the test-optimal gamma {100 * gap:.2f} pt; estimate error "
+                     f"{100 * err:.2f} pt (means) |")
     for key, e in (res.get("e") or {}).items():
         if not isinstance(e, dict):
             continue
@@ -406,18 +316,13 @@ def notes(res: dict) -> list[str]:
     out = []
     d = res.get("d")
     if d:
-        spent = ", ".join(f"{n} {s:.1f} s ({d['expert_calls'][n]} refits)"
-                          for n, s in sorted(d["expert_seconds"].items(), key=lambda x: -x[1]))
-        rest = d["seconds"] - sum(d["expert_seconds"].values())
-        fused = d["with_transductive"] if d["transductive_kept"] else d["fused"]
-        out.append(f"(d) {d['cpu_seconds']:.1f} CPU seconds (all {d['threads']} torch threads) "
-                   f"in {d['seconds']:.1f} s wall: compare them on a shared machine. "
-                   "SYNTHETIC data (bench_vl.synthetic_vl: AwA2 class structure, "
-                   f"generated in {d['generate_s']:.1f} s, not timed). Time by expert (fold "
-                   f"refits): {spent}; weight search, gamma sweep and transductive term "
-                   f"{rest:.1f} s. Protocol accuracy on the synthetic data (not a real "
-                   f"figure): text alone {d['alone_acc']['text']:.3f}, fused "
-                   f"{fused['acc']:.3f}.")
+        for r in d["runs"]:
+            out.append(f"(d) {r['regime']} seed {r['seed']}: fused {r['fused']:.4f} "
+                       f"({r['rule']}), text-only {r['text_only']:.4f}, chosen weights at the "
+                       f"test-optimal gamma {r['best_gamma']:.4f}; estimate {r['estimate']:.4f} "
+                       f"(90% interval {r['interval'][0]:.4f}-{r['interval'][1]:.4f}; the "
+                       f"protocol alone said {r['protocol_estimate']:.4f}); "
+                       f"{r['seconds']:.1f} s wall, {r['cpu_seconds']:.1f} CPU-s. SYNTHETIC.")
     for key, e in (res.get("e") or {}).items():
         if not isinstance(e, dict) or "error" in e:
             continue

@@ -97,6 +97,33 @@ print(analysis.count_summary(counts))
 plots.show(plots.plot_class_counts(counts), output_dir, "class_counts")
 
 # %% [markdown]
+# ## What `loss_balance=logit_adjust` corrects
+# The images per class that training sees (the training split, after the stratified
+# validation split of `val_fraction`), and the offset logit adjustment adds to each class's
+# logit in the training loss: log(prior) (Menon et al. 2021, tau = 1; an unseen class gets
+# the mean). The rarer a class, the more negative its offset, so the raw logits that predict
+# are pushed up for it. Off by default (the seed notebook's recipe): train with
+# `-p loss_balance logit_adjust` (CLI: `--loss-balance logit_adjust`).
+
+# %%
+import numpy as np
+
+from pixelplay_lib.config import Config
+from pixelplay_lib.data import split_train_val
+from pixelplay_lib.train import logit_adjustment
+
+train_idx, _ = split_train_val(ch.train_samples, Config.val_fraction, seed)
+train_counts = np.bincount([ch.train_samples[i][1] for i in train_idx],
+                           minlength=len(ch.classes))
+balance = counts.assign(images=train_counts, offset=logit_adjustment(train_counts).numpy())
+print(analysis.count_summary(balance))
+ordered = balance[balance["seen"]].sort_values("images")  # the rarest and the most frequent
+display(pd.concat([ordered.head(3), ordered.tail(3)]).drop_duplicates("class").round(3))
+plots.show(plots.plot_class_counts(balance, "training split: images per class (what "
+                                            "logit adjustment corrects)"),
+           output_dir, "train_split_counts")
+
+# %% [markdown]
 # ## Samples per class
 
 # %%
@@ -106,15 +133,17 @@ plots.show(plots.plot_image_grid(samples, cols=10), output_dir, "samples")
 # %% [markdown]
 # ## Image sizes and unreadable files
 # Every image is decoded once with `load_rgb` (the loader training uses); failures are
-# listed. Training and prediction skip / blank them, but it is good to know they exist.
+# listed with what the file really is (`format`: e.g. a HEIC photo or a web page saved as
+# `.jpg`) and the fix in `error`. Training skips them (listed in `summary.json`); a test
+# file keeps its submission row and is listed under `undecodable` in `predict_summary.json`.
 
 # %%
 train_stats = analysis.image_stats([p for p, _ in ch.train_samples], num_workers)
 test_stats = analysis.image_stats(analysis.list_test_images(ch), num_workers)
 for name, stats in (("train", train_stats), ("test", test_stats)):
     print(name, analysis.size_summary(stats))
-plots.show(plots.plot_image_sizes({"train": train_stats, "test": test_stats}),
-                   output_dir, "image_sizes")
+plots.show(plots.plot_image_sizes({"train": train_stats, "test": test_stats}), output_dir,
+           "image_sizes")
 
 # %%
 bad = pd.concat([analysis.unreadable(train_stats).assign(split="train"),
@@ -130,5 +159,5 @@ test_files = analysis.list_test_images(ch)
 print(f"{len(test_files)} test images in {ch.test_dir} "
       f"({test_files[0].name if test_files else '-'} ... "
       f"{test_files[-1].name if test_files else '-'})")
-plots.show(plots.plot_image_grid([(p, p.name) for p in test_files[:20]], cols=10),
-                   output_dir, "test_samples")
+plots.show(plots.plot_image_grid([(p, p.name) for p in test_files[:20]], cols=10), output_dir,
+           "test_samples")

@@ -16,9 +16,11 @@
 # %% [markdown]
 # # Pixel Play'25: predict the test set
 #
-# Loads the trained model, votes over augmented views of every test image, lets the
-# zero-shot step pick the classes that have no training images, and writes
-# `output_dir/submission.csv`. On Kaggle the model comes from the train kernel's output,
+# Loads the trained run, lets every expert score every test image (the network votes over
+# augmented views), chooses the fusion's weights and offset on the test images themselves,
+# and writes `output_dir/<name>.csv` with its files beside it (`.summary.json`,
+# `.fusion.json`, `.special.csv`, `.check.json`). On Kaggle the model comes from the train
+# kernel's output,
 # attached as an input (`make push-kernel NB=infer` attaches `<user>/pixelplay-train`).
 # With an answer key (the demo data has one) it also prints seen / unseen / overall accuracy.
 
@@ -68,7 +70,7 @@ print("pixelplay_lib", pixelplay_lib.__version__, "from", pixelplay_lib.__file__
 # %% tags=["parameters"]
 data_root = ""  # a folder holding the challenge somewhere below; empty: search input_root
 input_root = "/kaggle/input"  # data, and the train kernel's output with model.pt
-output_dir = "/kaggle/working"  # submission.csv, predict_summary.json, figures
+output_dir = "/kaggle/working"  # <name>.csv and its files beside it, figures
 model_path = ""  # empty: output_dir/model.pt, else the newest model.pt below input_root
 answers = ""  # an answer key (image_id,class); empty: answer_key.csv beside the data, if any
 n_show = 24  # test images shown with their predicted labels
@@ -114,6 +116,9 @@ zero_shot = None
 zs_gamma = None
 zs_folds = None
 attr_loss = None
+loss_balance = None
+name = None  # the submission's file stem (default submission): variants never overwrite
+overwrite = None
 _declared = set(dir())  # the names above: a papermill parameter not among them stops the run
 
 # %%
@@ -124,6 +129,7 @@ pixelplay_lib.config.check_parameters(globals(), _declared)
 import json
 from pathlib import Path
 
+import pixelplay_lib.preflight
 from pixelplay_lib import analysis, plots
 from pixelplay_lib.data import load_challenge
 from pixelplay_lib.locate import find_model
@@ -133,6 +139,9 @@ from pixelplay_lib.score import score_submission
 model = find_model(model_path, output_dir, input_root)
 print(f"model: {model}")
 cfg = pixelplay_lib.config.notebook_config(globals(), _declared, model_path=str(model))
+# Every cheap check at once (data, the run's experts and models, output folder, GPU): a
+# mistake stops here in seconds, all problems in one message, before any real work.
+pixelplay_lib.preflight.check(cfg, "predict")
 
 # %% [markdown]
 # ## Predict
@@ -141,11 +150,30 @@ cfg = pixelplay_lib.config.notebook_config(globals(), _declared, model_path=str(
 frame = predict(cfg)
 ch = load_challenge(cfg.data_root, cfg.input_root)
 unseen = [ch.classes[i] for i in ch.unseen]
-summary = json.loads((Path(cfg.output_dir) / "predict_summary.json").read_text())
+summary = json.loads((Path(cfg.output_dir) / f"{cfg.name}.summary.json").read_text())
 print(json.dumps({k: v for k, v in summary.items() if k != "special_package"}, indent=1))
 print(f"sanity: {summary['predicted_unseen_share']:.1%} of the test images predicted as "
-      "classes without training images (about 20% expected on the challenge's test set)")
+      "classes without training images (estimated share of such images: "
+      f"{summary.get('estimate', {}).get('unseen_share', float('nan')):.1%})")
 frame.head()
+
+# %% [markdown]
+# ## The fusion as chosen on the test pool
+# The unseen share of the test images is estimated (best-bin mixture estimation against
+# the held-out images of seen classes); every candidate rule (each expert alone, text at
+# gamma 0 as the first place did, the fusion) gets an estimated accuracy, and the fusion is
+# used only when it beats the best single rule beyond the noise (README, "Accuracy").
+
+# %%
+fusion_report = analysis.read_fusion(cfg.output_dir, cfg.name)
+test_table = analysis.test_pool_table(fusion_report) if fusion_report else None
+if test_table is not None:
+    print(test_table.round(3).to_string())
+    print(analysis.fusion_weights(fusion_report))
+    plots.show(plots.plot_fusion(fusion_report, analysis.fusion_table(fusion_report)),
+               cfg.output_dir, "fusion_test_pool")
+else:
+    print("no test-pool choice (votes only, zs_gamma set, or too few test images)")
 
 # %% [markdown]
 # ## Some test images and their predicted labels (* = a class without training images)
@@ -168,7 +196,7 @@ plots.show(plots.plot_class_counts(counts, "predicted test images per class"),
 # ## Special-Package: every expert and the fusion on real labelled photos
 
 # %%
-special = analysis.read_special(cfg.output_dir)
+special = analysis.read_special(cfg.output_dir, cfg.name)
 if special is not None:
     print(special.round(3).to_string())
     plots.show(plots.plot_special(special), cfg.output_dir, "special_package")
@@ -181,10 +209,10 @@ else:
 # %%
 key = answers or analysis.find_answers(ch.root)
 if key:
-    scores = score_submission(Path(cfg.output_dir) / "submission.csv", key, str(ch.root))
+    scores = score_submission(Path(cfg.output_dir) / f"{cfg.name}.csv", key, str(ch.root))
     print(f"answer key {key}: {json.dumps(scores)}")
     per_class = analysis.per_class_test_accuracy(frame, key, unseen)
     plots.show(plots.plot_per_class_accuracy(per_class, "test accuracy per true class"),
                 cfg.output_dir, "test_per_class")
 else:
-    print("no answer key (the real test labels are hidden): submit submission.csv to score")
+    print(f"no answer key (the real test labels are hidden): submit {cfg.name}.csv to score")

@@ -14,10 +14,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from .config import Config, config_from_saved
-from .data import Challenge, DataError, load_challenge, load_rgb, split_train_val
+from .data import (
+    Challenge,
+    DataError,
+    UnsupportedImageFile,
+    load_challenge,
+    load_rgb,
+    open_image,
+    split_train_val,
+)
 from .inference import ViewPlan, classifier_forward, load_trained, open_images, prepare, run_images
 from .pipeline import header_size, resolve_workers
 from .runtime import make_runtime
@@ -41,32 +48,60 @@ def read_metrics(output_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame([{k: v for k, v in r.items() if k != "val_per_class"} for r in rows])
 
 
-def read_fusion(output_dir: str | Path) -> dict[str, Any] | None:
-    """The fusion's protocol report (fusion.json), or None when no fusion was fitted."""
-    path = Path(output_dir) / "fusion.json"
+def read_fusion(output_dir: str | Path, name: str = "fusion") -> dict[str, Any] | None:
+    """A fusion report: fusion.json (train: the protocol's provisional choice) or
+    <name>.fusion.json (predict / fuse: as chosen on the test pool for submission <name>);
+    None when there is none."""
+    path = Path(output_dir) / (f"{name}.json" if name == "fusion" else f"{name}.fusion.json")
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 def fusion_table(report: dict[str, Any]) -> pd.DataFrame:
-    """One row per expert alone (at its own best gamma), then the fusion, the fusion at
-    gamma 0, never predicting unseen, and with the transductive term when it was tried:
-    columns u, s, H, acc (expected accuracy (1 - p) s + p u), gamma, weight."""
-    rows = {f"{name} alone": {**r, "weight": report["weights"].get(name)}
-            for name, r in report.get("experts", {}).items()}
-    rows["fused"] = report["fusion"]
-    rows["fused, gamma 0"] = report["gamma0"]
-    rows["fused, never unseen"] = report["never_unseen"]
-    if "transductive" in report:
-        rows["fused + transductive"] = {**report["transductive"]["with"],
-                                        "weight": report["transductive"]["weight"]}
-    columns = ["u", "s", "H", "acc", "gamma", "weight"]
-    return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=columns)
+    """The leave-classes-out protocol: one row per expert alone (at its own best gamma),
+    then the fusion, the fusion at gamma 0 and never predicting unseen; columns u, s, H,
+    acc (expected accuracy (1 - p) s + p u), gamma. The weights are fusion_weights'."""
+    proto = report.get("protocol", {})
+    rows = {f"{name} alone": r for name, r in proto.get("experts", {}).items()}
+    if proto:
+        rows.update({"fused": proto["fusion"], "fused, gamma 0": proto["gamma0"],
+                     "fused, never unseen": proto["never_unseen"]})
+    return pd.DataFrame.from_dict(rows, orient="index").reindex(
+        columns=["u", "s", "H", "acc", "gamma"])
 
 
-def read_special(output_dir: str | Path) -> pd.DataFrame | None:
-    """special_scores.csv (accuracy of every expert and the fusion on the Special-Package's
-    labelled photos; rows overall, seen, unseen, per class), or None when there is none."""
-    path = Path(output_dir) / "special_scores.csv"
+def fusion_weights(report: dict[str, Any]) -> str:
+    """The weights and gamma in force (the test pool's choice once made), as one line."""
+    weights = ", ".join(f"{n} {w:g}" for n, w in zip(report["names"], report["weights"],
+                                                      strict=True))
+    return (f"weights {weights}; gamma {report['gamma']:+.3f}; transductive weight "
+            f"{report.get('transductive_weight', 0):g}")
+
+
+def fold_names(report: dict[str, Any], classes: list[str]) -> list[str]:
+    """The protocol's folds as class names, one line per fold."""
+    folds = report.get("protocol", {}).get("folds", [])
+    return [f"fold {k + 1}: " + ", ".join(classes[c] for c in group)
+            for k, group in enumerate(folds)]
+
+
+def test_pool_table(report: dict[str, Any]) -> pd.DataFrame | None:
+    """The test pool's estimates (experts/testpool.py): one row per candidate rule (each
+    expert alone, text at gamma 0, the fusion): estimated accuracy, its seen and unseen
+    parts, gamma, share of test images predicted unseen, and which rule was chosen. None
+    before a test pool was seen (train's fusion.json)."""
+    test = report.get("test_pool", {})
+    if "candidates" not in test:
+        return None
+    frame = pd.DataFrame.from_dict(test["candidates"], orient="index")
+    frame["chosen"] = frame.index == test["chosen"]["name"]
+    return frame[["acc", "seen", "unseen", "gamma", "predicted_unseen_share", "chosen"]]
+
+
+def read_special(output_dir: str | Path, name: str = "submission") -> pd.DataFrame | None:
+    """<name>.special.csv: accuracy of every expert and the fusion (as chosen for
+    submission <name>; "fusion": train's provisional rule) on the Special-Package's
+    labelled photos, rows overall, seen, unseen, per class; None when there is none."""
+    path = Path(output_dir) / f"{name}.special.csv"
     return pd.read_csv(path, index_col=0) if path.is_file() else None
 
 
@@ -92,18 +127,22 @@ def count_summary(counts: pd.DataFrame) -> dict[str, Any]:
 
 def image_stats(paths: list[Path], workers: int = 8, min_side: int = 64) -> pd.DataFrame:
     """Per image: width, height (px, upright, from the header), format, mode, and the error
-    of a full decode with data.load_rgb ("" when it decodes). Decoding runs in threads (PIL
-    releases the GIL); JPEG draft mode at `min_side` keeps it cheap."""
+    of a full decode with data.load_rgb ("" when it decodes). A file Pillow cannot open gets
+    what its content is as its format ("HEIC/HEIF container (ftyp heic)", "HTML page": see
+    data.describe_content). Decoding runs in threads (PIL releases the GIL); JPEG draft
+    mode at `min_side` keeps it cheap."""
 
     def one(path: Path) -> dict[str, Any]:
         row: dict[str, Any] = {"path": str(path), "file": path.name, "width": np.nan,
                                "height": np.nan, "format": "", "mode": "", "error": ""}
         try:
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 row.update(format=img.format or "", mode=img.mode)
             width, height = header_size(path)
             row.update(width=width, height=height)
             load_rgb(path, min_side=min_side)
+        except UnsupportedImageFile as e:
+            row.update(format=e.found, error=f"{type(e).__name__}: {e}")
         except Exception as e:  # any decoder error is what this report is for
             row["error"] = f"{type(e).__name__}: {e}"
         return row

@@ -3,10 +3,11 @@
 Every file that matters is written to a temporary name in the same folder, flushed,
 fsynced and renamed over the target: a crash at any instant leaves either the old file or
 the new one, never half of one. Checkpoints are named by progress
-(`ckpt-e<epochs done>-s<steps into the next epoch>.pt`); the two newest are kept, so a
-checkpoint that is unreadable anyway (a truncated upload, a full disk) falls back to the
-previous one. They load with weights_only=True: a checkpoint from an attached dataset
-cannot run code.
+(`ckpt-e<epochs done>-s<steps into the next epoch>.pt`); while training the two newest are
+kept, so a checkpoint that is unreadable anyway (a truncated upload, a full disk) falls back
+to the previous one; a finished run keeps only its newest loadable one (keep_only_newest:
+enough to extend it with more epochs, and a Kaggle output stays small). They load with
+weights_only=True: a checkpoint from an attached dataset cannot run code.
 """
 
 from __future__ import annotations
@@ -103,3 +104,22 @@ def load_newest(paths: Iterable[Path]) -> tuple[dict[str, Any], Path] | None:
         except Exception as e:
             log.warning("skipping unreadable checkpoint %s (%s: %s)", path, type(e).__name__, e)
     return None
+
+
+def keep_only_newest(folder: str | Path) -> tuple[Path | None, list[Path], int]:
+    """Delete every checkpoint of `folder` (its own, not its sub-folders') except the newest
+    one that loads: older ones, and newer ones that are unreadable. For a finished run, whose
+    model.pt is written: the one kept still extends the run with more epochs.
+    Returns (the one kept, or None when none loads and nothing is deleted; the deleted paths;
+    the bytes they held)."""
+    found = list_checkpoints(folder)
+    newest = load_newest(found)
+    if newest is None:
+        return None, [], 0
+    kept = newest[1]
+    deleted = [p for p in found if p != kept]
+    freed = 0
+    for path in deleted:
+        freed += path.stat().st_size
+        path.unlink()
+    return kept, deleted, freed

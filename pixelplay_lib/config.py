@@ -26,9 +26,9 @@ class Config:
     input_root: str = "/kaggle/input"  # searched for the data and for earlier runs' checkpoints
     cache_dir: str = ""  # decoded-image cache; "" = output_dir/cache (a temp dir on Kaggle)
     # -- model
-    arch: str = "resnet101"  # any torchvision classifier name
+    arch: str = "resnet101"  # a torchvision classifier name, or timm:<name> (needs timm)
     weights: str = "imagenet"  # imagenet | none | path/to/state_dict.pth
-    trainable: str = "layer4,fc"  # comma list of blocks that train ("fc" = the head), or "all"
+    trainable: str = "layer4,fc"  # last:N (last N stages + head) | all | blocks: layer4,fc
     # -- images and augmentation (baseline: RandomResizedCrop(300, 0.7-1), flip, rotate 30)
     image_size: int = 300
     crop_scale_min: float = 0.7
@@ -62,15 +62,18 @@ class Config:
     vl_flip: bool = True  # average the embedding of each image and its mirror
     prompts: str = ""  # prompt templates file, one per line with {}; "" = bundled
     synonyms: str = ""  # class synonyms file (name<TAB>synonym); "" = bundled, "none" = names
-    transductive: str = "auto"  # auto (kept when the protocol shows a gain) | on | off
+    transductive: str = "off"  # test-pool term: auto (kept when it gains beyond noise) | on | off
     # -- prediction
     tta_votes: int = 7  # augmented views per test image
     vote: str = "hard"  # hard (majority of argmax, the baseline) | soft (mean probability)
     zero_shot: str = "auto"  # auto (on when classes.txt lists classes with no train folder)
-    zs_gamma: str = "auto"  # calibrated-stacking offset: auto (tuned by protocol) or a number
+    zs_gamma: str = "auto"  # offset, weights: auto (chosen on the test pool) | protocol | a number
     zs_folds: int = 4  # leave-classes-out folds used to tune the zero-shot step
     attr_loss: float = 1.0  # weight of the auxiliary attribute loss when zero-shot is on
+    loss_balance: str = "none"  # none | logit_adjust (class-prior offsets on training logits)
     model_path: str = ""  # model to predict with; "" = output_dir/model.pt
+    name: str = "submission"  # the submission's file stem: <name>.csv and its files beside it
+    overwrite: bool = False  # replace an existing <name>.csv (and its files) instead of stopping
 
     def __post_init__(self) -> None:
         coerce_types(self)
@@ -87,15 +90,19 @@ class Config:
             problems.append(f"tta_votes={self.tta_votes} (need >= 1)")
         choices = {"vote": ("hard", "soft"), "zero_shot": ("auto", "on", "off"),
                    "amp": ("auto", "off", "fp16", "bf16"), "channels_last": ("auto", "on", "off"),
-                   "transductive": ("auto", "on", "off")}
+                   "transductive": ("auto", "on", "off"), "loss_balance": LOSS_BALANCE}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 problems.append(f"{name}={getattr(self, name)!r} (one of {', '.join(allowed)})")
-        if self.zs_gamma != "auto":
+        if self.zs_gamma not in ("auto", "protocol"):
             try:
                 float(self.zs_gamma)
             except ValueError:
-                problems.append(f"zs_gamma={self.zs_gamma!r} (auto or a number)")
+                problems.append(f"zs_gamma={self.zs_gamma!r} (auto, protocol or a number)")
+        try:
+            parse_last(self.trainable)
+        except ValueError as e:
+            problems.append(str(e))
         if problems:
             raise ValueError("invalid config: " + "; ".join(problems))
 
@@ -116,7 +123,20 @@ class Config:
 # either: MultiStepLR does not depend on it, so a finished run can be extended.
 RESULT_FIELDS = ("arch", "weights", "trainable", "image_size", "crop_scale_min", "rotation",
                  "batch_size", "val_fraction", "lr", "momentum", "weight_decay", "milestones",
-                 "lr_gamma", "seed", "cache", "fast_augment", "zero_shot", "attr_loss")
+                 "lr_gamma", "seed", "cache", "fast_augment", "zero_shot", "attr_loss",
+                 "loss_balance")
+
+# What `predict` takes from its own config (flags, papermill parameters). Everything that
+# defines the model (RESULT_FIELDS, the experts, the image-text model's prompts) comes from
+# the trained run's model.pt / fusion.pt; `vl_model` applies when it names another model
+# (its class text embeddings are checked against the fitted ones).
+PREDICT_FIELDS = ("data_root", "output_dir", "input_root", "model_path", "cache", "cache_dir",
+                  "devices", "num_workers", "amp", "channels_last", "batch_size",
+                  "vl_batch_size", "vl_model", "tta_votes", "vote", "seed", "zero_shot",
+                  "zs_gamma", "transductive", "name", "overwrite")
+# Given to predict with another value than the trained one: ignored, with a warning.
+MODEL_FIELDS = tuple(f for f in RESULT_FIELDS if f not in PREDICT_FIELDS) + (
+    "experts", "vl_flip", "prompts", "synonyms", "zs_folds")
 
 # `--preset demo`: a small CPU-friendly recipe for the generated demo data (no pretrained
 # weights exist for it, so the whole network trains, with momentum and a faster schedule).
@@ -126,6 +146,27 @@ PRESETS: dict[str, dict[str, Any]] = {
                  epochs=20, lr=0.05, momentum=0.9, weight_decay=5e-4, milestones=(14, 18),
                  lr_gamma=0.1, crop_scale_min=0.6, rotation=15.0, vl_model=""),
 }
+
+
+# loss_balance: "logit_adjust" adds log(class prior) to the training logits (Menon et al.
+# 2021, "Long-tail learning via logit adjustment", tau = 1): train.logit_adjustment.
+LOSS_BALANCE = ("none", "logit_adjust")
+LAST = "last:"
+
+
+def parse_last(trainable: str) -> int | None:
+    """N of a `trainable` value "last:N" (the last N stages plus the head; spaces allowed),
+    None for any other value (all, a comma list of blocks). Raises ValueError naming the
+    field for "last:" without a whole number >= 0, or combined with other blocks."""
+    text = trainable.replace(" ", "")
+    if LAST not in text:
+        return None
+    number = text.removeprefix(LAST)
+    if not text.startswith(LAST) or not number.isdigit():
+        raise ValueError(f"trainable={trainable!r}: last:N takes a whole number >= 0 and "
+                         "stands alone (e.g. last:2: the last 2 stages and the head), or use "
+                         "all or a comma list of blocks such as layer4,fc")
+    return int(number)
 
 
 INT_TUPLE_FORMS = "16,21 or 16 21 or [16, 21] or (16, 21) or one integer"
@@ -222,8 +263,15 @@ def make_config(preset: str = "", **overrides: Any) -> Config:
         raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
     values = {**PRESETS.get(preset, {}), **{k: v for k, v in overrides.items() if v is not None}}
     cfg = Config(**values)
+    cfg._given = frozenset(values)  # not a field: which values were chosen (given_fields)
     warn_frozen_random(cfg)
     return cfg
+
+
+def given_fields(cfg: Config) -> frozenset[str] | None:
+    """The fields make_config was given a value for (explicitly or by the preset); None for
+    a config built otherwise (from a saved dict, or Config(...) directly)."""
+    return getattr(cfg, "_given", None)
 
 
 def warn_frozen_random(cfg: Config) -> None:
@@ -302,3 +350,27 @@ def notebook_config(namespace: dict[str, Any], declared: Collection[str], **over
     known = {f.name for f in fields(Config)}
     values = {n: namespace[n] for n in declared if n in known and n in namespace}
     return make_config(namespace.get("preset", "") or "", **{**values, **overrides})
+
+
+def warn_ignored_by_predict(cfg: Config, trained: Config) -> list[str]:
+    """Warn (log) about each model-defining field (MODEL_FIELDS) given to predict with
+    another value than the run was trained with: predict uses the trained value. "Given":
+    make_config's explicit values and preset (given_fields); for a config built otherwise,
+    any value off the default. Returns the warnings."""
+    given = given_fields(cfg)
+    now, then, default = cfg.to_dict(), trained.to_dict(), Config().to_dict()
+    warnings = []
+    for name in MODEL_FIELDS:
+        chosen = name in given if given is not None else now[name] != default[name]
+        if chosen and now[name] != then[name]:
+            warnings.append(
+                f"{name}={_shown(now[name])} (--{name.replace('_', '-')}) ignored: the model was "
+                f"trained with {name}={_shown(then[name])} (predict takes the model's settings "
+                "from its model.pt)")
+    for text in warnings:
+        log.warning("WARNING: %s", text)
+    return warnings
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)

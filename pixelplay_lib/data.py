@@ -25,7 +25,8 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+import PIL
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
 log = logging.getLogger("pixelplay")
 
@@ -313,8 +314,10 @@ def split_train_val(samples: list[tuple[Path, int]], val_fraction: float, seed: 
 
 def load_rgb(path: str | Path, min_side: int | None = None, lenient: bool = False
              ) -> Image.Image:
-    """Open any image (format found from its content, not its name) as upright 8-bit RGB;
-    raises on unreadable files.
+    """Open any image (format found from its content, not its name: AVIF or PNG behind a
+    `.jpg` name decodes) as upright 8-bit RGB. Raises UnsupportedImageFile for content Pillow
+    cannot open (HEIC, JPEG XL, a web page, an empty file: the message says which, and the
+    fix), Pillow's own errors for damaged images.
 
     With `min_side`, JPEGs are decoded at a reduced DCT scale (draft mode) that still keeps
     the short side >= min_side: a 4x smaller decode costs about a tenth of the time.
@@ -339,8 +342,124 @@ def lenient_pillow() -> Iterator[None]:
         ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = saved
 
 
+class UnsupportedImageFile(UnidentifiedImageError):
+    """A data file Pillow cannot open as an image (an OSError, like Pillow's own error).
+
+    `found`: what its first bytes are ("HEIC/HEIF container (ftyp heic)", "HTML page", ...);
+    the message names the file, that, and what to do.
+    """
+
+    def __init__(self, path: str | Path, found: str, advice: str):
+        super().__init__(f"{path}: {found}: {advice}")
+        self.path, self.found, self.advice = path, found, advice
+
+
+HEAD_BYTES = 4096  # enough for an ISO-BMFF ftyp box and the opening tags of a web page
+CONVERT = "convert it to JPEG or PNG ({tool}) or remove it"
+# ISO-BMFF (HEIF / AVIF / MP4) brands, from the ftyp box: HEVC-coded HEIF is Apple's HEIC.
+HEIC_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
+AVIF_BRANDS = {b"avif", b"avis"}
+HEIF_FIX = ("Pillow cannot decode HEIC (iPhone photos); " + CONVERT.format(
+    tool="`heif-convert in.heic out.jpg` from libheif, or the Python package pillow-heif"))
+JXL_FIX = f"Pillow cannot decode JPEG XL; {CONVERT.format(tool='`djxl in.jxl out.png`, libjxl')}"
+REDOWNLOAD = "download the image again (or remove the file)"
+# (first bytes, what the file is, what to do): formats Pillow does not open, by signature.
+SIGNATURES = (
+    (b"\xff\x0a", "JPEG XL (codestream)", JXL_FIX),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL (container)", JXL_FIX),
+    (b"%PDF-", "PDF document", "not an image file: export the photo from it "
+     "(`pdftoppm -png in.pdf out`) or remove it"),
+    (b"PK\x03\x04", "ZIP archive", "not an image file: unpack it and use the images inside"),
+    (b"\x1f\x8b", "gzip archive", "not an image file: unpack it (`gunzip`)"),
+)
+
+
+def describe_content(head: bytes) -> tuple[str, str]:
+    """(what a file is, what to do) from its first bytes, for a file Pillow could not open.
+
+    Checked in order: empty / zero-filled, an ISO-BMFF ftyp box (HEIC, AVIF, video), the
+    SIGNATURES table, then text (an HTML page, SVG, XML, JSON: a failed download saved under
+    an image's name). Anything else: "unknown content" with its first bytes in hex.
+    """
+    if not head:
+        return "empty file (0 bytes)", f"the copy or download did not complete; {REDOWNLOAD}"
+    if not head.strip(b"\x00"):
+        return "only zero bytes", f"the copy or download did not complete; {REDOWNLOAD}"
+    if head[4:8] == b"ftyp":
+        return _describe_ftyp(head)
+    for magic, found, advice in SIGNATURES:
+        if head.startswith(magic):
+            return found, advice
+    text = _describe_text(head)
+    if text:
+        return text
+    return (f"unknown content (first bytes {head[:8].hex(' ')})",
+            "not a format Pillow knows: check the file with an image viewer, convert or remove it")
+
+
+def _describe_ftyp(head: bytes) -> tuple[str, str]:
+    """An ISO base media file (ISO/IEC 14496-12): major brand at bytes 8-12, compatible
+    brands from 16 to the end of the ftyp box."""
+    major = head[8:12]
+    size = int.from_bytes(head[:4], "big")
+    brands = {major} | {head[i:i + 4] for i in range(16, min(size, len(head)) - 3, 4)}
+    label = f"ftyp {major.decode('latin-1').strip()}"
+    if brands & HEIC_BRANDS:
+        return f"HEIC/HEIF container ({label})", HEIF_FIX
+    if brands & AVIF_BRANDS:
+        if features.check("avif"):  # Pillow's AVIF plugin tried and failed
+            return f"AVIF ({label})", ("Pillow's AVIF decoder could not read it (damaged?); "
+                                       + CONVERT.format(tool="`avifdec in.avif out.png`"))
+        return f"AVIF ({label})", (f"this Pillow ({PIL.__version__}) was built without AVIF "
+                                   "support (PIL.features.check('avif') is False; Pillow 11.2 "
+                                   "and later wheels include it): upgrade Pillow, or "
+                                   + CONVERT.format(tool="`avifdec in.avif out.png`"))
+    if major == b"jxl ":
+        return f"JPEG XL ({label})", JXL_FIX
+    if brands & {b"mif1", b"msf1"}:
+        return f"HEIF container ({label})", HEIF_FIX
+    return f"video or other ISO media file ({label})", ("not a photo: extract a frame "
+                                                        "(`ffmpeg -i in.mp4 -frames:v 1 "
+                                                        "out.jpg`) or remove it")
+
+
+def _describe_text(head: bytes) -> tuple[str, str] | None:
+    """Web pages and other text saved under an image's name, or None for binary data."""
+    try:
+        text = head.decode("utf-8").lstrip("\ufeff \t\r\n").lower()
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not just a character cut at the end of the head
+            return None
+        text = head[:e.start].decode("utf-8").lstrip("\ufeff \t\r\n").lower()
+    if any(c < " " and c not in "\t\r\n\f" for c in text):  # control bytes: binary data
+        return None
+    if text.startswith(("<!doctype html", "<html")) or "<html" in text or "<body" in text:
+        return "HTML page", ("a web page saved under an image's name (a failed, blocked or "
+                             f"expired download); {REDOWNLOAD}")
+    if "<svg" in text:
+        return "SVG drawing", CONVERT.format(tool="`rsvg-convert -o out.png in.svg`")
+    if text.startswith("<?xml"):
+        return "XML text", f"not an image; {REDOWNLOAD}"
+    if text.startswith(("{", "[")):
+        return "JSON text", f"not an image (an error answer from a server?); {REDOWNLOAD}"
+    return "text file", f"not an image; {REDOWNLOAD}"
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Image.open (format from the content, never the name). A file Pillow cannot identify
+    raises UnsupportedImageFile saying what its first bytes are (HEIC, HTML page, empty,
+    ...; describe_content) and what to do, where Pillow's message only says "cannot
+    identify". Other Pillow errors (truncated data, pixel limit) pass unchanged."""
+    try:
+        return Image.open(path)
+    except UnidentifiedImageError as e:
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+        raise UnsupportedImageFile(path, *describe_content(head)) from e
+
+
 def _load_rgb(path: str | Path, min_side: int | None) -> Image.Image:
-    with Image.open(path) as img:
+    with open_image(path) as img:
         if min_side and img.format in ("JPEG", "MPO"):
             w, h = img.size
             scale = min_side / min(w, h)

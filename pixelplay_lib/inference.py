@@ -30,7 +30,15 @@ from . import checkpoint as ckpt
 from . import distributed
 from .config import Config, config_from_saved
 from .model import Net, build_model
-from .pipeline import DecodedCache, FileImages, Views, build_cache, collate, resolve_workers
+from .pipeline import (
+    DecodedCache,
+    FileImages,
+    Views,
+    build_cache,
+    collate,
+    resolve_workers,
+    worker_settings,
+)
 from .runtime import Runtime
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -159,10 +167,10 @@ def run_images(forward: Forward, images: FileImages | DecodedCache, indices: Seq
     positions = range(len(indices))
     if shard and rt.world > 1:
         positions = range(rt.rank, len(indices), rt.world)
-    loader = DataLoader(views, batch_sampler=_batches(positions, indices, batch_images),
-                        num_workers=workers, collate_fn=collate,
+    batches = _batches(positions, indices, batch_images)
+    loader = DataLoader(views, batch_sampler=batches, collate_fn=collate,
                         pin_memory=rt.device.type == "cuda",
-                        prefetch_factor=4 if workers > 0 else None)
+                        **worker_settings(views, batches, workers))  # fewer when /dev/shm is short
     mean = torch.tensor(plan.mean, device=rt.device).view(1, 3, 1, 1) * 255
     std = torch.tensor(plan.std, device=rt.device).view(1, 3, 1, 1) * 255
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in keep}

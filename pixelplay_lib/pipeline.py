@@ -17,6 +17,8 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,7 +28,8 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
-from .data import lenient_pillow, load_rgb
+from .data import lenient_pillow, load_rgb, open_image
+from .progress import bar as progress_bar
 from .transforms import augment, center_view, sample_params, sample_rng
 
 log = logging.getLogger("pixelplay")
@@ -121,8 +124,9 @@ def stored_size(width: int, height: int, side: int) -> tuple[int, int]:
 
 def header_size(path: Path, lenient: bool = False) -> tuple[int, int]:
     """Upright (w, h) from the header alone (EXIF orientations 5-8 swap the sides).
-    lenient: Pillow's pixel limit is lifted (data.lenient_pillow)."""
-    with lenient_pillow() if lenient else contextlib.nullcontext(), Image.open(path) as img:
+    lenient: Pillow's pixel limit is lifted (data.lenient_pillow). Raises
+    data.UnsupportedImageFile for content Pillow cannot open (HEIC, a web page, ...)."""
+    with lenient_pillow() if lenient else contextlib.nullcontext(), open_image(path) as img:
         w, h = img.size
         if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
             w, h = h, w
@@ -165,8 +169,6 @@ def build_cache(paths: Sequence[Path], side: int, cache_root: Path, workers: int
     limit) gets a lenient second try; those that pass are listed in `.lenient` and logged.
     Training keeps the default (strict): a half-decoded picture is no training example.
     """
-    from tqdm.auto import tqdm
-
     paths = [Path(p) for p in paths]
     folder = cache_root / f"{side}px-{cache_key(paths, side, lenient)}"
     if (folder / "meta.json").is_file():
@@ -194,10 +196,10 @@ def build_cache(paths: Sequence[Path], side: int, cache_root: Path, workers: int
              side, lenient, header_errors.get(i)) for i, p in enumerate(paths) if i not in errors]
     if workers > 1 and len(jobs) > 64:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            results = list(tqdm(pool.imap_unordered(_decode_into, jobs, chunksize=16),
-                                total=len(jobs), desc=desc, leave=False))
+            results = list(progress_bar(pool.imap_unordered(_decode_into, jobs, chunksize=16),
+                                        desc, total=len(jobs)))
     else:
-        results = [_decode_into(j) for j in tqdm(jobs, desc=desc, leave=False)]
+        results = [_decode_into(j) for j in progress_bar(jobs, desc)]
     _worker_pixels.pop(str(pixels_path), None)
     errors.update({i: err for i, err, _ in results if err})
     decoded_leniently = {i: note for i, err, note in results if note and not err}
@@ -239,6 +241,12 @@ class Views(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def item_bytes(self) -> int:
+        """Bytes of one item's views (uint8): what a loader worker passes through shared
+        memory per image."""
+        n_views = 1 if self.mode == "train" else 1 + int(self.flip) + self.votes
+        return n_views * 3 * self.size * self.size
+
     def __getitem__(self, key: tuple[int, int]):
         i, epoch = key
         try:
@@ -263,13 +271,20 @@ class Views(Dataset):
 
 
 def collate(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
+    """Views items -> (uint8 views stacked, labels, indices, [(index, error)]).
+
+    The views are stacked by torch's default_collate, which in a loader worker writes them
+    straight into shared memory: one copy less, and when /dev/shm is full the error is
+    raised here and reaches the main process. (A batch stacked in ordinary memory is moved
+    there later by the queue's feeder thread, which only prints such an error and drops the
+    batch: the main process then waits for it forever.)"""
     good = [it for it in items if it[0] is not None]
     failed = [(it[2], it[3]) for it in items if it[3] is not None]
     if not good:
         return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), \
             torch.empty(0, dtype=torch.long), failed
-    return (torch.stack([it[0] for it in good]), torch.tensor([it[1] for it in good]),
-            torch.tensor([it[2] for it in good]), failed)
+    return (torch.utils.data.default_collate([it[0] for it in good]),
+            torch.tensor([it[1] for it in good]), torch.tensor([it[2] for it in good]), failed)
 
 
 def epoch_order(n: int, epoch: int, seed: int) -> np.ndarray:
@@ -310,9 +325,11 @@ class EpochBatches(torch.utils.data.Sampler):
 
 
 def make_loader(dataset: Views, batch_sampler, workers: int, pin: bool) -> DataLoader:
-    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers,
-                      collate_fn=collate, pin_memory=pin, persistent_workers=workers > 0,
-                      prefetch_factor=4 if workers > 0 else None)
+    """The training loader: `workers` persistent processes (fewer when shared memory is
+    short: worker_settings)."""
+    settings = worker_settings(dataset, batch_sampler, workers)
+    return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, pin_memory=pin,
+                      persistent_workers=settings["num_workers"] > 0, **settings)
 
 
 def resolve_workers(requested: int) -> int:
@@ -320,3 +337,101 @@ def resolve_workers(requested: int) -> int:
         return requested
     return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                else os.cpu_count() or 1)
+
+
+# -- shared memory: DataLoader workers hand every batch to the main process through POSIX
+# shared memory, i.e. files in /dev/shm on Linux. Docker gives a container 64 MB there by
+# default; a loader that needs more dies mid-epoch with "Bus error" or "unable to allocate
+# shared memory" (pytorch issue 5040, Kaggle docker-python issue 377). torch's other sharing
+# strategy, "file_system", allocates in the same /dev/shm (shm_open), so it does not help:
+# fewer workers (or prefetched batches) is the fix that needs no new room.
+SHM_DIR_ENV = "PIXELPLAY_SHM_DIR"  # another folder to check instead of /dev/shm (tests)
+PREFETCH = 4  # batches each worker prepares ahead
+SHM_MARGIN = 2.0  # room for the batch in use, allocation rounding and other users (NCCL)
+_shm_warned: set[str] = set()
+
+
+def shm_dir() -> Path | None:
+    """The folder whose free space bounds the loaders: $PIXELPLAY_SHM_DIR, else /dev/shm on
+    Linux; None elsewhere (macOS keeps POSIX shared memory outside the file system)."""
+    override = os.environ.get(SHM_DIR_ENV)
+    if override:
+        return Path(override)
+    return Path("/dev/shm") if sys.platform.startswith("linux") else None
+
+
+def shm_free_bytes(folder: Path) -> int | None:
+    """Free bytes in `folder` (a tmpfs: its size limit minus what is stored); None when the
+    folder does not exist."""
+    try:
+        return shutil.disk_usage(folder).free
+    except FileNotFoundError:
+        return None
+
+
+def plan_workers(workers: int, batch_bytes: int, free: int | None, where: Path
+                 ) -> tuple[int, int | None, str]:
+    """(workers, prefetch_factor, warning) for a loader whose batches are `batch_bytes` when
+    `free` bytes of shared memory are left in `where` (None: the folder is missing).
+
+    A loader holds up to workers x prefetch batches in shared memory; with SHM_MARGIN that is
+    its need. When it does not fit, prefetch drops to 2, then workers drop to what fits
+    (0: loading in the main process, which needs no shared memory). The warning ("" when
+    nothing changes) names the free space, the need and the fixes."""
+    if workers <= 0:
+        return 0, None, ""
+    if free is None:
+        return 0, None, (
+            f"{where} does not exist: DataLoader workers need POSIX shared memory there, so "
+            f"images load in the main process (num_workers=0 instead of {workers}; slower). "
+            "Fix: mount a tmpfs on /dev/shm (docker: --shm-size=2g or --ipc=host), or set "
+            "num_workers=0 (--num-workers 0) to silence this.")
+    per_batch = max(batch_bytes, 1) * SHM_MARGIN
+    if workers * PREFETCH * per_batch <= free:
+        return workers, PREFETCH, ""
+    fit = int(free // (2 * per_batch))
+    chosen, prefetch = (workers, 2) if fit >= workers else (fit, 2 if fit else None)
+    mb = 1 / 2**20
+    return chosen, prefetch, (
+        f"only {free * mb:.1f} MB free in {where} (shared memory), but {workers} DataLoader "
+        f"workers x {PREFETCH} batches of {batch_bytes * mb:.1f} MB need about "
+        f"{workers * PREFETCH * per_batch * mb:.1f} MB: using {chosen} worker(s)"
+        + (f" with {prefetch} batches each" if chosen else ", loading in the main process")
+        + " so that training cannot die mid-epoch (slower). Fix: give the container more "
+        "shared memory (docker run --shm-size=2g, or --ipc=host), or set fewer workers "
+        "(--num-workers / -p num_workers) to silence this.")
+
+
+def worker_settings(dataset: Views, batches, workers: int) -> dict:
+    """DataLoader keyword arguments (num_workers, prefetch_factor, worker_init_fn) for
+    `workers` processes loading `batches` (lists of items) of `dataset`, cut down to what the
+    free shared memory holds (plan_workers; warned once per process and message)."""
+    if workers <= 0:
+        return {"num_workers": 0, "prefetch_factor": None, "worker_init_fn": None}
+    where = shm_dir()
+    if where is None:
+        chosen, prefetch, warning = workers, PREFETCH, ""
+    else:
+        largest = max((len(b) for b in batches), default=0)
+        chosen, prefetch, warning = plan_workers(workers, largest * dataset.item_bytes(),
+                                                 shm_free_bytes(where), where)
+    key = f"{where}:{workers}:{chosen}:{prefetch}"
+    if warning and key not in _shm_warned:
+        _shm_warned.add(key)
+        log.warning("WARNING: %s", warning)
+    return {"num_workers": chosen, "prefetch_factor": prefetch,
+            "worker_init_fn": _ignore_interrupts if chosen else None}
+
+
+def _ignore_interrupts(worker_id: int) -> None:
+    """In each loader worker: Ctrl-C is the main process's to handle. A terminal sends SIGINT
+    to every process of the job; a worker dying of it would end the epoch that training
+    means to finish with a checkpoint (train.StopFlag). The main process stops the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def worker_out_of_shm(error: BaseException) -> bool:
+    """Whether a DataLoader error is a worker that ran out of shared memory ("unable to
+    allocate shared memory", "killed by signal: Bus error ... out of shared memory")."""
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("shared memory" in text or "Bus error" in text)

@@ -20,12 +20,14 @@ import pandas as pd
 import torch
 
 from . import checkpoint as ckpt
-from . import distributed, experts
-from .config import Config, config_from_saved
+from . import distributed, experts, preflight
+from .config import Config, config_from_saved, warn_ignored_by_predict
 from .data import DataError, load_challenge
+from .experts import fusion
 from .inference import ViewPlan, classifier_forward, load_trained, open_images, prepare, run_images
 from .pipeline import resolve_workers
 from .runtime import Runtime, make_runtime, setup_logging
+from .submission import write_submission
 
 log = logging.getLogger("pixelplay")
 
@@ -51,6 +53,7 @@ def predict(cfg: Config) -> pd.DataFrame | None:
     rank 0 gathers them into the one submission (the other ranks return None).
     """
     setup_logging()
+    preflight.check_main(cfg, "predict")  # seconds: every cheap check before any real work
     rank, world, local_rank = distributed.setup(cfg)
     try:
         return _predict(cfg, make_runtime(cfg, rank, world, local_rank))
@@ -63,6 +66,8 @@ def _predict(cfg: Config, rt: Runtime) -> pd.DataFrame | None:
     model_path = Path(cfg.model_path or out / "model.pt")
     net, saved = load_trained(model_path)
     trained = config_from_saved(saved["config"])
+    if rt.is_main:
+        warn_ignored_by_predict(cfg, trained)  # model-changing flags: the trained values win
     ch = load_challenge(cfg.data_root, cfg.input_root)
     if ch.classes != saved["classes"]:
         raise DataError(f"{ch.root / 'classes.txt'} differs from the classes the model was "
@@ -75,12 +80,15 @@ def _predict(cfg: Config, rt: Runtime) -> pd.DataFrame | None:
     if net is None and not fused:
         raise FileNotFoundError(f"{model_path} holds no network and there is no fusion.pt "
                                 "beside it: nothing to predict with")
+    state = None
     if fused:
         if not rt.is_main:  # the fusion runs in one process (the image-text model spreads
             return None     # over the GPUs itself); the other ranks have nothing to do
         fitted = experts.load_fitted(cfg, rt, ch, model_path.parent, trained, net)
-        pred, _, pool = fitted.predict(cfg, rt, files, "test images")
-        failed, lenient = dict(pool["failed"]), pool["lenient"]
+        pred, _, pool = fitted.predict(cfg, rt, files, "test images", "test", choose=True)
+        failed, lenient, state = dict(pool["failed"]), pool["lenient"], fitted.state
+        for line in fusion.report_lines(state):
+            log.info(line)
     else:  # the baseline's way: votes among the seen classes, no unseen class ever
         pred, failed, lenient = vote_only(cfg, rt, net, trained, files, saved["seen"])
         if pred is None:
@@ -88,29 +96,50 @@ def _predict(cfg: Config, rt: Runtime) -> pd.DataFrame | None:
     for i, err in failed.items():
         log.warning("test image %s could not be decoded (%s): predicted without it",
                     files[i].name, err)
-    classes = saved["classes"]
-    frame = pd.DataFrame({"image_id": [f.name for f in files],
-                          "class": [classes[c] for c in pred]})
-    path = write_submission(frame, files, classes, out / "submission.csv",
-                            ch.sample_submission())
-    n_unseen = int(np.isin(pred, saved["unseen"]).sum())
-    summary = {"test_images": len(files),
-               "undecodable": {files[i].name: e for i, e in failed.items()},
+    summary = {"undecodable": {files[i].name: e for i, e in failed.items()},
                # strict decoding failed, the lenient try worked: predicted from the partial
                # picture (truncated, over Pillow's pixel limit)
                "decoded_leniently": {files[i].name: e for i, e in lenient.items()},
-               "predicted_unseen": n_unseen,
-               "predicted_unseen_share": round(n_unseen / max(len(files), 1), 4),
-               "fusion": fused, "vote": cfg.vote, "tta_votes": cfg.tta_votes,
-               "submission": str(path)}
-    if fused:
-        summary["special_package"] = experts.score_special(cfg, rt, ch, fitted)
-    ckpt.atomic_write_text(out / "predict_summary.json",
+               "fusion": fused, "vote": cfg.vote, "tta_votes": cfg.tta_votes}
+    frame = write_outputs(out, cfg.name, pred, [f.name for f in files], saved["classes"],
+                          saved["unseen"], summary, state, ch.sample_submission())
+    if fused:  # the Special-Package scores of exactly this submission's rule
+        summary["special_package"] = experts.score_special(cfg, rt, ch, fitted, cfg.name)
+        ckpt.atomic_write_text(out / f"{cfg.name}.summary.json",
+                               json.dumps(summary, indent=2, default=str) + "\n")
+    return frame
+
+
+def write_outputs(out: Path, name: str, pred: np.ndarray, ids: list[str], classes: list[str],
+                  unseen: list[int], summary: dict, state: fusion.FusionState | None,
+                  sample: Path | None = None) -> pd.DataFrame:
+    """The submission `<name>.csv` (checked, with its `<name>.check.json`), the fusion as
+    chosen for it (`<name>.fusion.json` / `.pt`) and `<name>.summary.json`; returns the
+    frame. Every file of one prediction shares the stem, so figures stay beside the
+    submission they describe. summary is updated in place."""
+    frame = pd.DataFrame({"image_id": ids, "class": [classes[c] for c in pred]})
+    path = write_submission(frame, [Path(i) for i in ids], classes, out / f"{name}.csv",
+                            sample)
+    if state is not None:
+        fusion.save_fusion(state, out, f"{name}.fusion")
+    n_unseen = int(np.isin(pred, unseen).sum())
+    summary.update(test_images=len(ids), predicted_unseen=n_unseen,
+                   predicted_unseen_share=round(n_unseen / max(len(ids), 1), 4),
+                   submission=str(path))
+    if state is not None and "candidates" in state.report.get("test_pool", {}):
+        test = state.report["test_pool"]
+        summary["estimate"] = {"accuracy": test["chosen"]["acc"],
+                               "interval": test["chosen"]["interval"],
+                               "unseen_share": test["unseen_share"]["estimate"],
+                               "rule": test["chosen"]["name"]}
+    ckpt.atomic_write_text(out / f"{name}.summary.json",
                            json.dumps(summary, indent=2, default=str) + "\n")
-    log.info("wrote %s: %d rows, %d predicted as unseen classes (%.1f%%; about 20%% expected "
-             "on the challenge's test set)%s", path, len(frame), n_unseen,
-             100 * summary["predicted_unseen_share"],
-             f", {len(failed)} undecodable" if failed else "")
+    estimate = summary.get("estimate")
+    log.info("wrote %s: %d rows, %d predicted as unseen classes (%.1f%%)%s", path, len(frame),
+             n_unseen, 100 * summary["predicted_unseen_share"],
+             f"; estimated accuracy {estimate['accuracy']:.3f} (90% interval "
+             f"{estimate['interval'][0]:.3f}-{estimate['interval'][1]:.3f}), estimated unseen "
+             f"share {estimate['unseen_share']:.3f}" if estimate else "")
     return frame
 
 
@@ -134,73 +163,3 @@ def vote_only(cfg: Config, rt: Runtime, net, trained: Config, files: list[Path],
         raise RuntimeError("the predictions do not cover every test image once")
     return (vote(result["logits"][:, 1:], cfg.vote, seen), dict(result["failed"]),
             dict(getattr(images, "lenient", {})))
-
-
-def by_number(names: set[str]) -> dict[str, str]:
-    """{"1": "00001.jpg", ...} when every stem is a number (sample ids written without the
-    zero padding); {} when the stems are not all numbers or two share a number."""
-    stems = {name: Path(name).stem for name in names}
-    if not all(stem.isdigit() for stem in stems.values()):
-        return {}
-    table = {str(int(stem)): name for name, stem in stems.items()}
-    return table if len(table) == len(names) else {}
-
-
-def write_submission(frame: pd.DataFrame, test_files: list[Path], classes: list[str],
-                     path: Path, sample: Path | None = None) -> Path:
-    """Check the frame is complete and valid, then write it atomically.
-
-    One row per test file, no duplicates, every label a class of classes.txt. When the
-    competition ships a sample_submission.csv, its header and row order are used; its ids
-    may lack the extension (`00001` for test/00001.jpg) or the zero padding (`1`): rows
-    match by stem or by number and the file then carries the sample's ids.
-
-    File names that are not valid UTF-8 (a Windows zip unpacked on Linux) arrive as
-    surrogate-escaped str; the CSV is encoded with surrogateescape so such an id is written
-    as its bytes on disk (what the scorer's copy of the name holds), not replaced or dropped.
-    Raises ValueError naming what is wrong with an incomplete or invalid frame.
-    """
-    if list(frame.columns[:2]) != ["image_id", "class"]:
-        raise ValueError(f"submission needs columns image_id,class; got {list(frame.columns)}")
-    ids = frame["image_id"].astype(str)
-    expected = {f.name for f in test_files}
-    problems = []
-    dup = sorted(ids[ids.duplicated()].unique())
-    if dup:
-        problems.append(f"{len(dup)} duplicated image_id (e.g. {dup[0]})")
-    missing = sorted(expected - set(ids))
-    if missing:
-        problems.append(f"{len(missing)} test images without a row (e.g. {missing[0]})")
-    extra = sorted(set(ids) - expected)
-    if extra:
-        problems.append(f"{len(extra)} rows for unknown images (e.g. {extra[0]})")
-    unknown = sorted(set(frame["class"].astype(str)) - set(classes))
-    if unknown:
-        problems.append(f"labels not in classes.txt: {', '.join(unknown[:5])}")
-    if frame["class"].isna().any():
-        problems.append("empty labels")
-    if problems:
-        raise ValueError("refusing to write an invalid submission: " + "; ".join(problems))
-    frame = frame[["image_id", "class"]].assign(image_id=ids)
-    if sample is not None:
-        template = pd.read_csv(sample, dtype=str, encoding_errors="surrogateescape")
-        id_col, label_col = template.columns[:2]
-        by_stem = {Path(name).stem: name for name in expected}
-        if not set(template[id_col]) & (expected | set(by_stem)):
-            by_stem = by_number(expected)  # ids `1` for test/00001.jpg
-        if set(template[id_col]) == expected:
-            frame = frame.set_index("image_id").loc[template[id_col]].reset_index()
-            frame.columns = [id_col, label_col]
-        elif len(by_stem) == len(expected) and set(template[id_col]) == set(by_stem):
-            labels = frame.set_index("image_id")["class"]
-            frame = pd.DataFrame({id_col: template[id_col],
-                                  label_col: labels.loc[template[id_col].map(by_stem)].values})
-        else:
-            odd = sorted(set(template[id_col]) - expected - set(by_stem))[:3]
-            log.warning("%s does not list the same images as test/ (e.g. %s; test/ has %s): "
-                        "its ids and order are ignored, the submission uses the file names",
-                        sample, ", ".join(odd) or "fewer rows", sorted(expected)[0])
-    else:
-        frame = frame.sort_values("image_id", kind="stable")
-    ckpt.atomic_write_bytes(path, frame.to_csv(index=False).encode("utf-8", "surrogateescape"))
-    return path

@@ -40,20 +40,21 @@ def score(submission: str | Path, answers: str | Path = "", data_root: str = "",
           input_root: str = "/kaggle/input") -> dict[str, object]:
     """The `score` command: {"test": score_submission(...)} when an answer key is given,
     {"special_package": rows overall / seen / unseen / per class -> accuracy per expert}
-    when special_scores.csv lies beside the submission (predict writes it), and a
-    "special_package_note" saying why when it does not. Raises FileNotFoundError for a
-    missing submission."""
+    from <stem>.special.csv beside <stem>.csv (predict and fuse write it for exactly that
+    submission's rule), and a "special_package_note" saying why when there is none (never
+    another submission's scores). Raises FileNotFoundError for a missing submission."""
     if not Path(submission).is_file():
         raise FileNotFoundError(f"no submission at {submission}")
     result: dict[str, object] = {}
     if answers:
         result["test"] = score_submission(submission, answers, data_root, input_root)
-    special = Path(submission).parent / "special_scores.csv"
+    special = Path(submission).with_suffix(".special.csv")
     if special.is_file():
         table = pd.read_csv(special, index_col=0)
         result["special_package"] = json.loads(table.round(4).to_json(orient="index"))
     else:
         result["special_package_note"] = (
-            f"no {special.name} beside {submission}: predict writes it when it ran with a "
-            "fusion and found the competition's Special-Package (labels.txt + images)")
+            f"no {special.name} beside {submission}: predict / fuse write it for their "
+            "submission when it ran with a fusion and found the competition's "
+            "Special-Package (labels.txt + images)")
     return result

@@ -8,12 +8,15 @@ checkpoint ends bit-identical (on CPU) to one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +26,13 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from . import distributed, experts
+from . import distributed, experts, preflight
 from .config import Config, fingerprint
 from .data import Challenge, load_challenge, load_class_attributes, split_train_val
 from .inference import ViewPlan, classifier_forward, open_images, run_images
 from .model import Net, build_model
-from .pipeline import EpochBatches, Views, make_loader, resolve_workers
+from .pipeline import EpochBatches, Views, make_loader, resolve_workers, worker_out_of_shm
+from .progress import bar as progress_bar
 from .runtime import Runtime, make_runtime, setup_logging
 
 log = logging.getLogger("pixelplay")
@@ -39,19 +43,51 @@ class ConfigMismatch(RuntimeError):
 
 
 class StopFlag:
-    """Set by SIGTERM (Kaggle stopping a session, `kill`) or by the time limit."""
+    """Asks training to stop at its next step, with a checkpoint: SIGTERM (Kaggle stopping a
+    session, `kill`), SIGINT (Ctrl-C, Jupyter's Interrupt, torchrun or spawn passing one on)
+    or the time limit. A second SIGINT stops at once (KeyboardInterrupt), losing the steps
+    since the newest checkpoint. The handler only records: the training loop reports it
+    (writing to a stream from inside a handler can collide with a write in progress)."""
 
     def __init__(self, time_limit_s: float):
         self.deadline = time.monotonic() + time_limit_s if time_limit_s > 0 else float("inf")
         self.reason = ""
+        self.interrupts = 0  # SIGINTs received
+        self.reported = False
 
-    def __call__(self, signum, frame) -> None:
-        self.reason = "SIGTERM"
+    def __call__(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts > 1:
+                raise KeyboardInterrupt
+        self.reason = self.reason or signal.Signals(signum).name
 
     def should_stop(self) -> bool:
         if not self.reason and time.monotonic() >= self.deadline:
             self.reason = "time limit"
+        if self.reason and not self.reported:
+            self.reported = True
+            log.warning("%s: saving a checkpoint and stopping%s", self.reason,
+                        "; Ctrl-C again stops at once (losing the steps since the newest "
+                        "checkpoint)" if self.interrupts else "")
         return bool(self.reason)
+
+    @contextlib.contextmanager
+    def handling_signals(self) -> Iterator[None]:
+        """This flag as the SIGTERM and SIGINT handler inside the block, the previous ones
+        after it. Python installs handlers in the main thread only (a notebook kernel runs
+        cells there; spawned and torchrun processes run training there): in another
+        thread only the time limit stops training."""
+        if threading.current_thread() is not threading.main_thread():
+            log.info("training outside the main thread: SIGTERM / Ctrl-C are not caught")
+            yield
+            return
+        previous = {s: signal.signal(s, self) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():  # None: set outside Python; default then
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 @dataclass
@@ -135,6 +171,7 @@ def train(cfg: Config) -> dict[str, Any]:
     """Train (or resume) into cfg.output_dir, then fit the fusion of the experts; returns
     the run summary (also written to summary.json)."""
     setup_logging()
+    preflight.check_main(cfg, "train")  # seconds: every cheap check before any real work
     started = time.monotonic()
     rank, world, local_rank = distributed.setup(cfg)
     try:
@@ -167,14 +204,19 @@ def fit_experts(cfg: Config, rt: Runtime, run: Run | None, started: float) -> di
         fitted = experts.fit(cfg, rt, ch, train_idx, val_idx, net)
         state = fitted.state
         summary["fusion"] = {"experts": dict(zip(state.names, state.weights, strict=True)),
-                             "gamma": state.gamma, **state.report.get("fusion", {})}
-        summary["special_package"] = experts.score_special(cfg, rt, ch, fitted)
+                             "gamma": state.gamma,
+                             **state.report.get("protocol", {}).get("fusion", {})}
+        # the protocol's provisional rule (predict chooses again on the test pool): its
+        # scores go beside fusion.json as fusion.special.csv, not beside a submission
+        summary["special_package"] = experts.score_special(cfg, rt, ch, fitted, "fusion")
     elif net is None:
         raise ValueError("nothing to predict with: the experts chosen train no network and "
                          "zero_shot=off leaves no fusion; use experts=auto or zero_shot=auto")
     # model.pt last: it marks a complete run (predict and the infer kernel look for it)
     save_model(Path(cfg.output_dir) / "model.pt", net, cfg, ch,
                run.progress.history if run is not None else [])
+    if run is not None:
+        run.keep_final_checkpoint()
     summary["seconds"] = time.monotonic() - started
     ckpt.atomic_write_text(Path(cfg.output_dir) / "summary.json",
                            json.dumps(summary, indent=2, ensure_ascii=True, default=str) + "\n")
@@ -186,6 +228,7 @@ def launch_train(cfg: Config) -> dict[str, Any]:
     world = distributed.world_size_for(cfg.devices)
     if world <= 1 or distributed.in_launched_process():
         return train(cfg)
+    preflight.check(cfg, "train")  # before spawning: one message, not one per process
     distributed.spawn(train, cfg, world)
     summary = Path(cfg.output_dir) / "summary.json"
     return json.loads(summary.read_text()) if summary.is_file() else {"status": "stopped"}
@@ -260,6 +303,15 @@ class Run:
                                                           cfg.lr_gamma)
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
         self.data_id = data_fingerprint(self.ch, self.train_idx)
+        self.logit_offset = None  # loss_balance=logit_adjust: log class priors (train_step)
+        if cfg.loss_balance == "logit_adjust":
+            counts = np.bincount([self.labels[i] for i in self.train_idx],
+                                 minlength=len(self.ch.classes))
+            self.logit_offset = logit_adjustment(counts).to(rt.device)
+            seen = counts[counts > 0]
+            log.info("loss_balance=logit_adjust: training logits + log(class prior) of %d "
+                     "images; %d classes with images, %d to %d each (ratio %.1f)",
+                     counts.sum(), len(seen), seen.min(), seen.max(), seen.max() / seen.min())
 
     def _resume(self) -> None:
         """Continue from a checkpoint; one found elsewhere (an earlier Kaggle version's
@@ -271,7 +323,13 @@ class Run:
         saved, path = found
         check_fingerprint(self.cfg, saved["fingerprint"], path)
         if saved["data"] != self.data_id:
-            raise ConfigMismatch(f"checkpoint {path} was trained on another set of images")
+            raise ConfigMismatch(
+                f"checkpoint {path} was trained on another set of images than the "
+                f"{len(self.train_idx)} training images of {self.ch.root} now (files added, "
+                "removed or renamed, or another data_root). To continue it, train on the same "
+                "images. To start fresh: resume=never (`-p resume never`, `--resume never`); "
+                "on Kaggle also push without the previous output attached "
+                "(`make push-kernel RESUME_FROM=`).")
         load_model_state(self.net, saved["model"])
         self.opt.load_state_dict(saved["optimizer"])
         self.sched.load_state_dict(saved["scheduler"])
@@ -310,10 +368,9 @@ class Run:
     def fit(self) -> dict[str, Any] | None:
         """The epochs still to run. Returns a summary when stopped early, else None."""
         stop = StopFlag(self.cfg.time_limit * 60)
-        previous_handler = signal.signal(signal.SIGTERM, stop)
-        try:
+        with stop.handling_signals():
             while self.progress.epoch < self.cfg.epochs:
-                if not self.train_epoch(stop):
+                if not self.train_epoch_or_fall_back(stop):
                     path = self.save()
                     log.info("stopped by %s at epoch %d step %d; checkpoint %s. Run the same "
                              "command again (same output_dir) to continue.", stop.reason,
@@ -321,20 +378,39 @@ class Run:
                     return self.stopped(stop.reason, path)
                 self.end_epoch()
                 if distributed.sum_across([stop.should_stop()], self.rt.device)[0]:
-                    log.info("stopped by %s after epoch %d; run again to continue.",
+                    log.info("stopped by %s after epoch %d (its checkpoint is written). Run "
+                             "the same command again (same output_dir) to continue.",
                              stop.reason or "another process's stop", self.progress.epoch)
                     return self.stopped(stop.reason, None)
-        finally:
-            signal.signal(signal.SIGTERM, previous_handler)
         return None
+
+    def train_epoch_or_fall_back(self, stop: StopFlag) -> bool:
+        """train_epoch; when a loader worker runs out of shared memory mid-epoch (more used
+        by others since pipeline.worker_settings checked), the epoch goes on from the step it
+        reached with images loaded in this process. Exact: a step's batch is a function of
+        (seed, epoch, step), and the failed fetch trained nothing."""
+        while True:
+            try:
+                return self.train_epoch(stop)
+            except RuntimeError as e:
+                if self.workers == 0 or not worker_out_of_shm(e):
+                    raise
+                log.warning("WARNING: a DataLoader worker ran out of shared memory at epoch %d "
+                            "step %d (%s): going on with images loaded in the main process "
+                            "(num_workers=0, slower). Fix: more shared memory (docker run "
+                            "--shm-size=2g) or fewer --num-workers.", self.progress.epoch + 1,
+                            self.progress.step, str(e).strip().splitlines()[-1])
+                self.workers = 0
+                self.loader = make_loader(self.loader.dataset, self.sampler, 0,
+                                          self.loader.pin_memory)
 
     def train_epoch(self, stop: StopFlag) -> bool:
         """The recipe's steps for the rest of one epoch; False when asked to stop."""
         cfg, rt, p = self.cfg, self.rt, self.progress
         self.sampler.epoch, self.sampler.start = p.epoch, p.step
         self.net.train()
-        bar = progress_bar(self.loader, f"epoch {p.epoch + 1}/{cfg.epochs}", rt, p.step,
-                           self.sampler.batches_per_epoch())
+        bar = progress_bar(self.loader, f"epoch {p.epoch + 1}/{cfg.epochs}",
+                           self.sampler.batches_per_epoch(), initial=p.step, enabled=rt.is_main)
         for x, y, _, bad in bar:
             # cache=False: files fail here, once an epoch each (skipped, never retried)
             p.unreadable.update({str(self.ch.train_samples[i][0]): e for i, e in bad})
@@ -345,7 +421,8 @@ class Run:
                 torch.manual_seed(step_seed(cfg.seed, p.epoch, p.step, rt.rank))
                 loss = train_step(self.model, self.opt, self.scaler, rt, x, y,
                                   self.attr_targets, cfg.attr_loss,
-                                  loss_scale=rt.world * len(y) / n)
+                                  loss_scale=rt.world * len(y) / n,
+                                  logit_offset=self.logit_offset)
                 p.loss_sum += loss * len(y)
                 p.count += len(y)
                 bar.set_postfix(loss=f"{loss:.4f}")
@@ -405,6 +482,16 @@ class Run:
             ckpt.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
+    def keep_final_checkpoint(self) -> None:
+        """Once model.pt is written (rank 0): only the newest checkpoint stays, which is all a
+        longer run (a larger `epochs`, same output_dir) resumes from; a Kaggle kernel's
+        output, downloaded and attached to the next version, stays small."""
+        kept, deleted, freed = ckpt.keep_only_newest(self.out)
+        if deleted:
+            log.info("run finished: kept %s (to train more epochs later, run again with a "
+                     "larger epochs); deleted %d older checkpoint(s), %.1f MB", kept.name,
+                     len(deleted), freed / 2**20)
+
     def finish(self) -> dict[str, Any]:
         """After the last epoch (rank 0): metrics and the list of files not trained on."""
         ch, p = self.ch, self.progress
@@ -429,13 +516,18 @@ class Run:
 
 def train_step(model: nn.Module, opt, scaler, rt: Runtime, x: torch.Tensor, y: torch.Tensor,
                attr_targets: torch.Tensor | None = None, attr_weight: float = 0.0,
-               loss_scale: float = 1.0) -> float:
+               loss_scale: float = 1.0, logit_offset: torch.Tensor | None = None) -> float:
     """One SGD step on cross-entropy (+ attr_weight x attribute BCE when targets are given).
     `model` may be DDP-wrapped; loss_scale makes the average over processes the global mean.
-    Returns the cross-entropy alone, so the loss curve means the same with or without."""
+    logit_offset: (n_classes,) added to the logits inside the cross-entropy only (the
+    logit-adjusted loss, see logit_adjustment); predictions use the raw logits.
+    Returns the cross-entropy alone, so the loss curve means the same with or without the
+    attribute term."""
     y = y.to(rt.device)
     with rt.autocast():
         logits, _, attr = model(rt.to_device(x), extras=True)
+        if logit_offset is not None:
+            logits = logits.float() + logit_offset
         loss = ce = nn.functional.cross_entropy(logits, y)
         if attr_targets is not None and attr_weight:
             loss = ce + attr_weight * nn.functional.binary_cross_entropy_with_logits(
@@ -445,6 +537,26 @@ def train_step(model: nn.Module, opt, scaler, rt: Runtime, x: torch.Tensor, y: t
     scaler.step(opt)
     scaler.update()
     return float(ce.detach())
+
+
+def logit_adjustment(counts: np.ndarray, tau: float = 1.0) -> torch.Tensor:
+    """(n_classes,) float32 offsets tau * log(prior) for the logit-adjusted cross-entropy
+    (Menon et al. 2021, "Long-tail learning via logit adjustment", ICLR; tau = 1): from
+    the training images per class `counts` (n_classes,). Training on softmax(logits +
+    offsets) leaves the raw logits estimating the class-balanced posterior, so rare classes
+    are no longer out-voted by frequent ones at test time.
+
+    A class without training images (unseen) gets the mean offset of the others: its logit
+    is neither favoured nor handicapped, as with plain cross-entropy. A balanced training set
+    gives one constant offset, which the softmax ignores: exactly plain cross-entropy."""
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    if not present.any():
+        raise ValueError("logit adjustment: no class has training images")
+    log_prior = np.log(counts[present] / counts.sum())
+    offsets = np.full(len(counts), log_prior.mean())
+    offsets[present] = log_prior
+    return torch.from_numpy(tau * offsets).float()
 
 
 def attribute_targets(attributes: np.ndarray) -> torch.Tensor:
@@ -466,11 +578,3 @@ def save_model(path: Path, net: Net | None, cfg: Config, ch: Challenge, history)
 def write_history(out: Path, history: list[dict]) -> None:
     ckpt.atomic_write_text(out / "metrics.jsonl",
                            "".join(json.dumps(r) + "\n" for r in history))
-
-
-def progress_bar(loader, desc: str, rt: Runtime, done: int = 0, total: int | None = None):
-    """tqdm over the loader on rank 0; `done` of `total` steps already behind (a resume)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(loader, desc=desc, disable=not rt.is_main, leave=False, mininterval=2,
-                initial=done, total=total)

@@ -54,6 +54,28 @@ def not_found(message: str = "Not found") -> Answer:
     return Answer(404, {"code": 404, "message": message})
 
 
+DATASET_STATUS = "datasets.DatasetApiService/GetDatasetStatus"
+
+
+def dataset_status(status: str) -> Answer:
+    """A GetDatasetStatus answer: a DatabundleVersionStatus name (READY, BLOBS_RECEIVED,
+    FAILED, ...), which `kaggle datasets status` prints in lower case."""
+    return Answer(body={"status": status})
+
+
+def new_dataset_processed() -> list[Answer]:
+    """`datasets create` of a new dataset (its first status call: not found), then
+    processing that ends ready: pending twice, then READY."""
+    return [not_found("Dataset not found"), dataset_status("BLOBS_RECEIVED"),
+            dataset_status("BLOBS_DECOMPRESSED"), dataset_status("READY")]
+
+
+def new_version_failed() -> list[Answer]:
+    """`datasets version` of an existing dataset (ready), then processing that fails."""
+    return [dataset_status("READY"), dataset_status("NOT_YET_PERSISTED"),
+            dataset_status("FAILED")]
+
+
 def default_routes() -> dict[str, Answer]:
     user = "tester"
     return {
@@ -74,7 +96,8 @@ def default_routes() -> dict[str, Answer]:
                 "log": "[]",
             }
         ),
-        "datasets.DatasetApiService/GetDatasetStatus": not_found("Dataset not found"),
+        # <user>/pixelplay-lib exists and is ready (push-kernel asks before pushing)
+        DATASET_STATUS: dataset_status("READY"),
         "blobs.BlobApiService/StartBlobUpload": Answer(
             body={"token": "blob-token-1", "createUrl": f"{ENDPOINT}/upload/blob-token-1"}
         ),

@@ -9,12 +9,24 @@ full-batch gradient differ in their last bits, and a few SGD steps keep that sma
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from conftest import run_cli
+from conftest import REPO, run_cli
+from spawn_driver import alive, descendants, wait_until
+
+from pixelplay_lib.checkpoint import list_checkpoints, load_file, progress_of
 
 TOL = 1e-5
 
@@ -50,10 +62,24 @@ def single(demo_dir, tmp_path_factory) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def holding(port: int):
+    """A listening socket on `port` for the block (when another process holds it already,
+    the port is just as taken)."""
+    with socket.socket() as s:
+        with contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            s.listen()
+        yield
+
+
 @pytest.fixture(scope="module")
 def two(demo_dir, tmp_path_factory) -> Path:
+    """Launched while torchrun's usual port 29500 is held and MASTER_PORT names it (an
+    earlier run's workers still alive): --standalone's rendezvous picks its own port."""
     out = tmp_path_factory.mktemp("two")
-    done = run_cli(*args(demo_dir, out, "2"))
+    with holding(29500):
+        done = run_cli(*args(demo_dir, out, "2"), env={"MASTER_PORT": "29500"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 processes, 8 images each per step" in done.stdout
     return out
@@ -99,3 +125,102 @@ def test_fused_prediction_under_torchrun_runs_once(demo_dir, demo_root, two, tmp
     a = pd.read_csv(tmp_path / "a" / "submission.csv", dtype=str)
     assert len(a) == len([p for p in (demo_root / "test").iterdir() if p.suffix == ".jpg"])
     assert a.equals(pd.read_csv(tmp_path / "b" / "submission.csv", dtype=str))
+
+
+# -- notebooks' launcher (distributed.spawn), driven by tests/spawn_driver.py as the parent
+
+DRIVER = Path(__file__).with_name("spawn_driver.py")
+
+
+def drive(mode: str, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(DRIVER), mode, str(out)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def rank_records(out: Path) -> list[dict]:
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.parametrize("mode", ["held", "race"])
+def test_spawn_meets_on_a_free_port(tmp_path, mode):
+    """held: MASTER_PORT names a port another socket listens on (a notebook cell run again
+    while the earlier run's workers live on: accelerate #74). race: the port is taken
+    between spawn's check and rank 0's listen: EADDRINUSE, and spawn starts again."""
+    proc = drive(mode, tmp_path)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    records = rank_records(tmp_path)
+    assert [r["sum"] for r in records] == [3.0, 3.0]  # the all_reduce met both ranks
+    assert records[0]["port"] == records[1]["port"]
+    if mode == "held":
+        held = int(re.search(r"holding port (\d+)", stdout).group(1))
+        assert records[0]["port"] != held
+        assert f"MASTER_PORT={held} is in use (an earlier run's processes?)" in stdout
+    else:
+        taken = int(re.search(r"took port (\d+)", stdout).group(1))
+        assert records[0]["port"] != taken
+        # (spawn starts again only on rank 0's EADDRINUSE, which the message names)
+        assert f"port {taken} was taken between its check and the rendezvous " \
+            "(EADDRINUSE)" in stdout
+
+
+@pytest.mark.parametrize("mode, poke, expected", [
+    ("interrupt", signal.SIGINT, "KeyboardInterrupt"),  # ranks ignore SIGTERM: killed
+    ("raise", signal.SIGUSR1, "the parent failed while its ranks ran"),
+    ("crash", None, "rank 1 crashed on purpose"),
+])
+def test_spawn_leaves_no_process_behind(tmp_path, mode, poke, expected):
+    proc = drive(mode, tmp_path)
+    wait_until(lambda: all((tmp_path / f"rank{r}.json").is_file() for r in (0, 1))
+               or proc.poll() is not None, 120, "both ranks to start")
+    pids = [r["pid"] for r in rank_records(tmp_path)]
+    if poke is not None:
+        assert all(alive(p) for p in pids)
+        os.kill(proc.pid, poke)  # the parent only, as a notebook kernel gets it
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "spawn returned" not in stdout
+    assert expected in stderr, stderr[-2000:]
+    assert not [p for p in pids if alive(p)]
+    if mode == "interrupt":
+        assert "interrupted: the 2 processes save a checkpoint at their next step" in stdout
+
+
+# -- the CLI's torchrun relaunch, interrupted like a terminal does (SIGINT to the job's group)
+
+def start_cli(*cli: str) -> tuple[subprocess.Popen, list[str], list[str]]:
+    proc = subprocess.Popen([sys.executable, "-m", "pixelplay_lib", *cli], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    out: list[str] = []
+    err: list[str] = []
+    for stream, sink in ((proc.stdout, out), (proc.stderr, err)):
+        threading.Thread(target=lambda st=stream, si=sink: si.extend(st), daemon=True).start()
+    return proc, out, err
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_under_torchrun(demo_dir, tmp_path, presses):
+    """One Ctrl-C: every worker saves its step and stops, exit 0. Two: all killed at once,
+    exit 130, the newest checkpoint intact. Either way no process of the launch survives."""
+    out = tmp_path / "run"
+    proc, stdout, stderr = start_cli(*args(demo_dir, out, "2", epochs=50))
+    wait_until(lambda: list_checkpoints(out) or proc.poll() is not None, 300, "epoch 1")
+    tree = descendants(proc.pid)
+    assert len(tree) >= 3, "torchrun's agent and 2 workers"
+    os.killpg(proc.pid, signal.SIGINT)
+    if presses == 2:
+        wait_until(lambda: any("Ctrl-C again stops them at once" in e for e in stderr), 30,
+                   "the first Ctrl-C's message")
+        os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=180)
+    text = "".join(stdout) + "".join(stderr)
+    assert not [p for p in tree if alive(p)]
+    newest = list_checkpoints(out)[0]
+    load_file(newest)  # loads: never half-written
+    if presses == 1:
+        assert proc.returncode == 0, text[-3000:]
+        assert "stopped by SIGINT" in text and "Run the same command again" in text
+        assert progress_of(newest) > (1, 0)
+    else:
+        assert proc.returncode == 130, text[-3000:]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from conftest import run_cli
 
 from pixelplay_lib.demo import write_demo_dataset
@@ -42,11 +41,12 @@ def trained(data, tmp_path_factory) -> Path:
     return out
 
 
-def predict_and_score(data: Path, run: Path, *flags: str) -> dict:
+def predict_and_score(data: Path, run: Path, name: str, *flags: str) -> dict:
     done = run_cli("predict", "--data-root", str(data), "--output-dir", str(run),
-                   "--input-root", str(run / "none"), "--num-workers", "2", *flags)
+                   "--input-root", str(run / "none"), "--num-workers", "2", "--name", name,
+                   *flags)
     assert done.returncode == 0, done.stderr[-3000:]
-    scored = run_cli("score", "--submission", str(run / "submission.csv"), "--answers",
+    scored = run_cli("score", "--submission", str(run / f"{name}.csv"), "--answers",
                      str(data / "answer_key.csv"), "--data-root", str(data))
     assert scored.returncode == 0, scored.stderr
     return json.loads(scored.stdout)["test"]
@@ -68,6 +68,7 @@ def test_fusion_protocol_figures(trained):
     s 0.958 H 0.519 acc 0.838; gamma 0: u 0.003; never unseen: acc 0.773."""
     report = json.loads((trained / "fusion.json").read_text())
     assert report["names"] == ["resnet", "attributes"]  # weights=none: no ImageNet head
+    report = report["protocol"]
     assert len(report["folds"]) == 4 and sum(map(len, report["folds"])) == 40
     fused, alone = report["fusion"], report["experts"]
     assert fused["u"] > 0.3 and fused["s"] > 0.93 and fused["H"] > 0.45
@@ -80,16 +81,16 @@ def test_fusion_protocol_figures(trained):
 
 def test_predict_recognises_unseen_classes(data, trained):
     frame = pd.read_csv(data / "answer_key.csv")
-    with_zs = predict_and_score(data, trained)
+    with_zs = predict_and_score(data, trained, "submission")
     submission = pd.read_csv(trained / "submission.csv")
     assert len(submission) == len(frame) == 200  # the corrupt test image still has its row
     assert list(submission.columns) == ["image_id", "class"]
     # measured: overall 0.805, seen 0.956, unseen 0.200 (chance among 50 classes: 2%)
     assert with_zs["unseen_accuracy"] >= 0.12 and with_zs["seen_accuracy"] > 0.92
-    without = predict_and_score(data, trained, "--zero-shot", "off")  # measured 0.765
+    without = predict_and_score(data, trained, "votes", "--zero-shot", "off")  # measured 0.765
     assert without["unseen_accuracy"] == 0.0  # the baseline's blind spot
     assert with_zs["accuracy"] > without["accuracy"]
-    uncalibrated = predict_and_score(data, trained, "--zs-gamma", "0")  # measured unseen 0.0
+    uncalibrated = predict_and_score(data, trained, "gamma0", "--zs-gamma", "0")  # unseen 0.0
     assert with_zs["unseen_accuracy"] > uncalibrated["unseen_accuracy"] + 0.1
 
 
@@ -157,8 +158,8 @@ def test_vision_language_experts_join_the_fusion(data, trained, tmp_path):
     done = run_cli("train", *TRAIN, *args)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout and "train loss" not in done.stdout  # no retraining
-    with_vl = json.loads((out / "fusion.json").read_text())
-    without = json.loads((trained / "fusion.json").read_text())
+    with_vl = json.loads((out / "fusion.json").read_text())["protocol"]
+    without = json.loads((trained / "fusion.json").read_text())["protocol"]
     assert set(with_vl["experts"]) == {"resnet", "attributes", "text", "probe"}
     assert with_vl["experts"]["text"]["acc"] < 0.5  # random weights: near chance alone
     assert with_vl["fusion"]["acc"] >= without["fusion"]["acc"] - 0.01
@@ -166,17 +167,17 @@ def test_vision_language_experts_join_the_fusion(data, trained, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = pd.read_csv(out / "submission.csv")
     assert len(rows) == 200 and rows["class"].notna().all()
-    # A fusion may keep the transductive term while giving text and probe no weight: predict
-    # must still embed the test images for it.
-    state = torch.load(out / "fusion.pt", weights_only=True)
-    state["weights"] = [0.0 if n in ("text", "probe") else w
-                        for n, w in zip(state["names"], state["weights"], strict=True)]
-    state["transductive_weight"] = 1.0
-    torch.save(state, out / "fusion.pt")
-    (out / "submission.csv").unlink()
-    done = run_cli("predict", *args)
+    chosen = json.loads((out / "submission.fusion.json").read_text())["test_pool"]
+    assert chosen["candidates"]["text"]["acc"] < 0.5  # the test pool sees it is useless too
+    # The transductive term needs the test images' embeddings whatever the weights: a
+    # second submission with it on, under another name, leaves the first one untouched.
+    before = (out / "submission.csv").read_bytes()
+    done = run_cli("predict", *args, "--transductive", "on", "--name", "term")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert len(pd.read_csv(out / "submission.csv")) == 200
+    assert len(pd.read_csv(out / "term.csv")) == 200
+    assert (out / "submission.csv").read_bytes() == before
+    term = json.loads((out / "term.fusion.json").read_text())["test_pool"]
+    assert term["transductive"]["mode"] == "on" and term["transductive"]["kept"]
 
 
 def test_image_text_experts_alone_need_no_network(demo_dir, tmp_path):
@@ -196,11 +197,16 @@ def test_image_text_experts_alone_need_no_network(demo_dir, tmp_path):
     assert run_cli("predict", *args).returncode == 0
     rows = pd.read_csv(out / "submission.csv")
     assert len(rows) == 40
-    again = run_cli("predict", *args)  # the test images' embeddings are not computed twice
+    refused = run_cli("predict", *args)  # nothing overwritten without asking
+    assert refused.returncode == 2 and "submission.csv exists" in refused.stderr
+    again = run_cli("predict", *args, "--name", "again")  # embeddings not computed twice
     assert again.returncode == 0 and "embedding test images: reusing" in again.stdout
-    scored = run_cli("score", "--submission", str(out / "submission.csv"))
+    scored = run_cli("score", "--submission", str(out / "again.csv"))
     assert scored.returncode == 0, scored.stderr
     assert json.loads(scored.stdout)["special_package"]["overall"]["images"] == 10
+    fused = run_cli("fuse", "--run-dir", str(out), "--name", "refit")  # from the arrays
+    assert fused.returncode == 0, fused.stderr[-3000:]
+    assert len(pd.read_csv(out / "refit.csv")) == 40 and (out / "refit.special.csv").is_file()
 
 
 def test_a_missing_image_text_model_is_one_clear_error(demo_dir, tmp_path):

@@ -251,7 +251,8 @@ def test_the_expert_beats_the_attribute_model_on_the_classes_its_head_knows(worl
                                 world["attributes"])],
         truth[seen_eval], ch.seen, len(ch.classes), folds=4, seed=0)
     assert state.weights[0] > 0, state.report
-    assert state.report["experts"]["imagenet"]["u"] > state.report["experts"]["attributes"]["u"]
+    alone = state.report["protocol"]["experts"]
+    assert alone["imagenet"]["u"] > alone["attributes"]["u"]
     fused = fusion.apply_fusion(state, [imagenet, attributes])
     assert accuracy(fused, known) > alone_attributes + 0.2, (accuracy(fused, known),
                                                              alone_attributes)
@@ -273,7 +274,7 @@ def test_cli_uses_the_imagenet_head_for_the_unseen_classes_it_knows(world, tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "fusion.json").read_text())
     assert report["names"] == ["resnet", "attributes", "imagenet"]
-    assert report["weights"]["imagenet"] > 0, report["weights"]
+    assert report["protocol"]["weights"]["imagenet"] > 0, report["protocol"]["weights"]
     assert run_cli("predict", *args).returncode == 0
     pred = dict(pd.read_csv(out / "submission.csv").values)
     truth = {p.name: world["ch"].classes[c] for p, c in world["eval"]}

@@ -2,11 +2,13 @@
 
 Each kind is tested with at least two instances: file names the listing must not drop,
 text files in the encodings editors write, class folders one level deeper, names that are
-not valid UTF-8, values in the spellings users type, lenient decoding of test images.
+not valid UTF-8, values in the spellings users type, lenient decoding of test images,
+files that only look like images (HEIC, a web page, ... named .jpg; Pillow issue 2806).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -16,11 +18,19 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cli, tiny_config
-from PIL import Image
+from PIL import Image, features
 
+from pixelplay_lib.analysis import image_stats
 from pixelplay_lib.config import make_config
-from pixelplay_lib.data import DataError, load_challenge, read_classes, read_text_file
-from pixelplay_lib.pipeline import build_cache
+from pixelplay_lib.data import (
+    DataError,
+    UnsupportedImageFile,
+    load_challenge,
+    load_rgb,
+    read_classes,
+    read_text_file,
+)
+from pixelplay_lib.pipeline import build_cache, header_size
 from pixelplay_lib.predict import write_submission
 
 # Real AwA2 names (the bundled attribute table knows them).
@@ -282,3 +292,108 @@ def test_test_images_failing_strict_decoding_are_decoded_leniently(tmp_path, mon
     assert lenient.get(0)[0, :, 0].mean() > 200  # the decoded part is red, not blank
     assert lenient.get(1)[..., 1].mean() > 200
     assert Image.MAX_IMAGE_PIXELS == 1000  # the lenient settings did not leak
+
+
+# --------------------------------------------------------------------------- 6. odd files
+def pillow_image(fmt: str, color=(10, 200, 30), size=(40, 32)) -> bytes:
+    """A small image as this Pillow writes it in `fmt` (AVIF, WEBP, ...)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def iso_media(major: bytes, *compatible: bytes) -> bytes:
+    """An ISO-BMFF file declaring (major, compatible) brands in its ftyp box, then the boxes
+    of a real image file (Pillow's AVIF output): how a phone's HEIC begins (ftyp heic with
+    mif1, heic; or ftyp mif1 with heic, which Pillow's AVIF plugin tries and refuses)."""
+    avif = pillow_image("AVIF") if features.check("avif") else b"\x00\x00\x00\x08free"
+    body = avif[int.from_bytes(avif[:4], "big"):] if avif[4:8] == b"ftyp" else avif
+    box = b"ftyp" + major + b"\x00\x00\x00\x00" + b"".join(compatible)
+    return (len(box) + 4).to_bytes(4, "big") + box + body
+
+
+HTML_403 = (b"<!DOCTYPE html>\n<html><head><title>403 Forbidden</title></head>\n<body><h1>"
+            b"Forbidden</h1><p>You don't have permission to access this resource.</p></body>"
+            b"</html>\n")
+# (content, what the message must call it, a word of the fix it must give)
+AVIF_OR_JXL = ((iso_media(b"avif", b"avif", b"mif1", b"miaf") + b"\x00" * 64,
+                "AVIF (ftyp avif)", "upgrade Pillow")
+               if not features.check("avif") else  # this Pillow decodes AVIF: see below
+               (b"\xff\x0a\xfa\x7f\x01\x90\x08\x06\x01\x00" + bytes(range(64)),
+                "JPEG XL (codestream)", "djxl"))
+UNDECODABLE = {
+    "heic": (iso_media(b"heic", b"mif1", b"heic"), "HEIC/HEIF container (ftyp heic)",
+             "heif-convert"),
+    "heic-mif1": (iso_media(b"mif1", b"mif1", b"heic"), "HEIC/HEIF container (ftyp mif1)",
+                  "pillow-heif"),
+    "html": (HTML_403, "HTML page", "download the image again"),
+    "avif-or-jxl": AVIF_OR_JXL,
+    "empty": (b"", "empty file (0 bytes)", "download the image again"),
+    "pdf": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n",
+            "PDF document", "pdftoppm"),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNDECODABLE))
+def test_files_pillow_cannot_open_say_what_they_are_and_the_fix(tmp_path, kind):
+    content, found, fix = UNDECODABLE[kind]
+    path = tmp_path / "00042.jpg"
+    path.write_bytes(content)
+    for read in (load_rgb, header_size):  # the decoder and the cache's header pass
+        with pytest.raises(UnsupportedImageFile) as info:
+            read(path)
+        assert info.value.found == found
+        assert str(info.value).startswith(f"{path}: {found}: ") and fix in str(info.value)
+    row = image_stats([path], workers=1).iloc[0]  # what the explore notebook lists
+    assert row["format"] == found and fix in row["error"]
+
+
+@pytest.mark.parametrize("fmt", [
+    pytest.param("AVIF", marks=pytest.mark.skipif(not features.check("avif"),
+                                                  reason="this Pillow has no AVIF decoder")),
+    "WEBP",
+])
+def test_other_formats_behind_a_jpg_name_decode_by_content(tmp_path, fmt):
+    path = tmp_path / "00042.jpg"
+    path.write_bytes(pillow_image(fmt, color=(10, 200, 30)))
+    img = load_rgb(path)
+    assert img.mode == "RGB" and img.size == (40, 32)
+    assert np.abs(np.asarray(img, dtype=int) - (10, 200, 30)).max() < 16  # lossy, same colour
+    cache = build_cache([path], 24, tmp_path / "cache", workers=0)
+    assert not cache.errors and cache.get(0).shape == (24, 30, 3)
+
+
+def test_cli_skips_odd_training_files_and_flags_odd_test_files(tmp_path):
+    """Training files Pillow cannot open are skipped and listed in summary.json with what
+    they are; test files keep their row and are listed under `undecodable` in
+    submission.summary.json with the same reason; an AVIF named .jpg is just an image."""
+    root = layout(tmp_path / "c")
+    odd = {name: UNDECODABLE[name] for name in ("heic", "html", "avif-or-jxl")}
+    decodable = pillow_image("AVIF" if features.check("avif") else "WEBP")
+    for folder in (root / "train" / "antelope", root / "test"):
+        for name, (content, _, _) in odd.items():
+            (folder / f"odd-{name}.jpg").write_bytes(content)
+        (folder / "photo-by-content.jpg").write_bytes(decodable)
+    out = tmp_path / "out"
+    flags = [f"--data-root={root}", f"--output-dir={out}", "--arch=resnet18", "--weights=none",
+             "--trainable=all", "--image-size=32", "--epochs=1", "--num-workers=0",
+             "--zero-shot=off", "--val-fraction=0.2", f"--input-root={tmp_path / 'none'}"]
+    result = run_cli("train", *flags)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_images"] + summary["val_images"] == 4 * 3 + 1  # + the AVIF/WebP
+    unreadable = summary["unreadable"]
+    assert sorted(unreadable) == sorted(str(root / "train" / "antelope" / f"odd-{n}.jpg")
+                                        for n in odd)
+    for name, (_, found, fix) in odd.items():
+        reason = unreadable[str(root / "train" / "antelope" / f"odd-{name}.jpg")]
+        assert found in reason and fix in reason
+    result = run_cli("predict", *flags[:2], "--num-workers=0", "--tta-votes=1",
+                     f"--input-root={tmp_path / 'none'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = pd.read_csv(out / "submission.csv", dtype=str)
+    assert len(rows) == 4 + len(odd) + 1 and "photo-by-content.jpg" in set(rows["image_id"])
+    undecodable = json.loads((out / "submission.summary.json").read_text())["undecodable"]
+    assert sorted(undecodable) == sorted(f"odd-{n}.jpg" for n in odd)
+    for name, (_, found, fix) in odd.items():
+        assert found in undecodable[f"odd-{name}.jpg"] and fix in undecodable[f"odd-{name}.jpg"]

@@ -44,9 +44,16 @@ def test_frozen_batchnorm_stays_in_eval_mode():
 
 def test_frozen_stem_runs_without_autograd_and_gives_the_same_output():
     torch.manual_seed(0)
-    net = build_model("resnet18", 10, "none", "layer4,fc").eval()
-    assert net._stem == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"]
+    net = build_model("resnet18", 10, "none", "layer4,fc").train()
+    grad_on = {}
+    for name in ("conv1", "bn1", "maxpool", "layer1", "layer3", "layer4", "avgpool"):
+        net.body.get_submodule(name).register_forward_hook(
+            lambda m, i, o, name=name: grad_on.__setitem__(name, torch.is_grad_enabled()))
     x = torch.randn(2, 3, 64, 64)
+    assert net(x).requires_grad
+    assert grad_on == {"conv1": False, "bn1": False, "maxpool": False, "layer1": False,
+                       "layer3": False, "layer4": True, "avgpool": True}
+    net.eval()
     full = net.head(net.body(x))  # the body's own forward, every block with autograd
     torch.testing.assert_close(net(x), full, rtol=0, atol=0)
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import REPO, run_cli
+from spawn_driver import wait_until
 
-from pixelplay_lib.checkpoint import list_checkpoints, load_newest, progress_of
+from pixelplay_lib.checkpoint import list_checkpoints, load_file, load_newest, progress_of
 
 EPOCHS = 3
 
@@ -91,9 +94,17 @@ def test_killed_anywhere_then_resumed_is_bit_identical(demo_dir, tmp_path, refer
 
 
 def test_corrupt_newest_checkpoint_falls_back(demo_dir, tmp_path, reference):
+    """A run killed during epoch 3 holds two checkpoints (a finished one keeps one only)."""
     out = tmp_path / "corrupt"
-    first = run_cli(*train_args(demo_dir, out, "--num-workers", "0", "--epochs", "2"))
-    assert first.returncode == 0, first.stderr[-2000:]
+    proc = subprocess.Popen([sys.executable, "-m", "pixelplay_lib",
+                             *train_args(demo_dir, out, "--num-workers", "0")], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    wait_until(lambda: [p.name for p in list_checkpoints(out)][:1] == ["ckpt-e0002-s0000000.pt"]
+               or proc.poll() is not None, 300, "epoch 2's checkpoint")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(list_checkpoints(out)) == 2 and not (out / "model.pt").exists()
     newest = list_checkpoints(out)[0]
     assert newest.name.startswith("ckpt-e0002")
     newest.write_bytes(newest.read_bytes()[:1000])  # a truncated write / upload
@@ -170,8 +181,7 @@ def test_resumes_from_an_earlier_run_attached_as_input(demo_dir, tmp_path, refer
     assert done.returncode == 0 and "resumed from" in done.stdout
     assert str(earlier) in done.stdout
     assert_identical(final_state(out), reference)
-    assert [p.name for p in list_checkpoints(out)] == ["ckpt-e0003-s0000000.pt",
-                                                       "ckpt-e0002-s0000000.pt"]
+    assert [p.name for p in list_checkpoints(out)] == ["ckpt-e0003-s0000000.pt"]  # finished
     assert (out / "model_best.pt").is_file()
 
 
@@ -207,7 +217,7 @@ def test_an_earlier_run_in_a_sub_folder_is_neither_resumed_nor_pruned(demo_dir, 
     before = list_checkpoints(nested)
     done = run_cli(*train_args(demo_dir, out, "--num-workers", "0", "--epochs", "1"))
     assert done.returncode == 0 and "resumed from" not in done.stdout
-    assert list_checkpoints(nested) == before and len(before) == 2
+    assert list_checkpoints(nested) == before and len(before) == 1
     assert [p.name for p in list_checkpoints(out)] == ["ckpt-e0001-s0000000.pt"]
 
 
@@ -226,3 +236,124 @@ def test_grad_scaler_state_moves_between_precisions(saved_enabled, now_enabled):
         assert now.get_scale() == 1024.0
     elif now_enabled:
         assert now.get_scale() == 2.0 ** 16  # the initial scale: re-tuned in a few steps
+
+
+def start_training(*cli: str) -> tuple[subprocess.Popen, list[str]]:
+    """A training process in a group of its own (a terminal's job: Ctrl-C reaches it and its
+    loader workers) and the lines of its stdout, read as they come."""
+    proc = subprocess.Popen([sys.executable, "-m", "pixelplay_lib", *cli], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    return proc, lines
+
+
+def test_ctrl_c_checkpoints_mid_epoch_and_resumes(demo_dir, tmp_path, reference):
+    """Ctrl-C (SIGINT to the whole job, 2 loader workers included) during epoch 2: the step
+    is saved, exit 0; the same command continues and lands on the uninterrupted bits."""
+    out = tmp_path / "ctrl-c"
+    cli = train_args(demo_dir, out, "--num-workers", "2")
+    proc, lines = start_training(*cli)
+    wait_until(lambda: list_checkpoints(out) or proc.poll() is not None, 300, "epoch 1")
+    time.sleep(0.5)  # into epoch 2
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 0, "".join(lines)[-3000:]
+    text = "".join(lines)
+    assert "SIGINT: saving a checkpoint and stopping; Ctrl-C again stops at once" in text
+    assert "stopped by SIGINT at epoch 2 step" in text and "Run the same command again" in text
+    epoch, step = progress_of(list_checkpoints(out)[0])
+    assert epoch == 1 and step > 0, "a checkpoint of the partial epoch"
+    assert not (out / "model.pt").exists()
+    done = run_cli(*cli)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert f"(epoch 1, step {step})" in done.stdout
+    assert_identical(final_state(out), reference)
+
+
+def test_second_ctrl_c_stops_at_once(demo_dir, tmp_path):
+    """The second Ctrl-C does not wait for the step: KeyboardInterrupt, exit 130, and the
+    newest checkpoint stays whole (written atomically), no temporary file left behind.
+    (64 px: slower steps, so that the second one surely comes before the step's end.)"""
+    out = tmp_path / "twice"
+    proc, lines = start_training(*train_args(demo_dir, out, "--num-workers", "2",
+                                             "--image-size", "64"))
+    wait_until(lambda: list_checkpoints(out) or proc.poll() is not None, 300, "epoch 1")
+    time.sleep(0.5)  # into epoch 2: the stop waits for the step in progress
+    os.killpg(proc.pid, signal.SIGINT)
+    wait_until(lambda: any("Ctrl-C again stops at once" in line for line in lines)
+               or proc.poll() is not None, 60, "the first Ctrl-C's message", poll=0.005)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, "".join(lines)[-3000:]
+    text = "".join(lines)
+    assert "interrupted. train: run the same command again to resume" in text
+    assert "stopped by SIGINT" not in text
+    newest = list_checkpoints(out)[0]
+    assert load_file(newest)["progress"]["epoch"] >= 1
+    assert not list(out.glob(".*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def one_epoch(demo_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one-epoch")
+    done = run_cli(*train_args(demo_dir, out, "--num-workers", "0", "--epochs", "1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+def changed_images(demo_dir: Path, where: Path, change: str) -> Path:
+    """A copy of the demo data with one training image removed or one added."""
+    shutil.copytree(demo_dir, where)
+    image = sorted((where / "vlg-dataset" / "vlg-dataset" / "train").glob("*/00001.jpg"))[0]
+    folder = image.parent
+    if change == "removed":
+        image.unlink()
+    else:
+        shutil.copy(image, folder / f"added-{image.name}")
+    return where
+
+
+@pytest.mark.parametrize("change", ["removed", "added"])
+def test_another_image_set_is_refused_with_the_fix(demo_dir, tmp_path, one_epoch, change):
+    data = changed_images(demo_dir, tmp_path / "data", change)
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(list_checkpoints(one_epoch)[0], out)
+    done = run_cli(*train_args(data, out, "--num-workers", "0"))
+    assert done.returncode == 2
+    for part in ("was trained on another set of images than the", "files added, removed or "
+                 "renamed", "resume=never", "`--resume never`", "`make push-kernel RESUME_FROM=`"):
+        assert part in done.stderr, done.stderr[-2000:]
+
+
+def test_the_same_images_elsewhere_still_resume(demo_dir, tmp_path, one_epoch):
+    """The image set is identified by the files' paths below the challenge's folder: the
+    same data copied elsewhere (another mount on Kaggle) is the same set."""
+    data = tmp_path / "moved"
+    shutil.copytree(demo_dir, data)
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(list_checkpoints(one_epoch)[0], out)
+    done = run_cli(*train_args(data, out, "--num-workers", "0", "--epochs", "1"))
+    assert done.returncode == 0 and "resumed from" in done.stdout, done.stderr[-2000:]
+
+
+def test_a_finished_run_keeps_one_checkpoint_and_extends(demo_dir, tmp_path, reference):
+    """Finished on "Kaggle" (the decoded-image cache goes to the temporary folder): the output
+    holds model.pt and one checkpoint, no cache; run again with more epochs, it continues
+    from that checkpoint to the bits of an uninterrupted run of that length."""
+    out, tmp = tmp_path / "kernel-output", tmp_path / "tmp"
+    tmp.mkdir()
+    first = run_cli(*train_args(demo_dir, out, "--num-workers", "0", "--epochs", "2",
+                                "--devices", "cpu"),
+                    env={"KAGGLE_KERNEL_RUN_TYPE": "Batch", "TMPDIR": str(tmp)})
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert [p.name for p in list_checkpoints(out)] == ["ckpt-e0002-s0000000.pt"]
+    assert "run finished: kept ckpt-e0002-s0000000.pt" in first.stdout
+    assert "deleted 1 older checkpoint(s)" in first.stdout
+    assert (out / "model.pt").is_file() and not (out / "cache").exists()
+    assert list((tmp / "pixelplay-cache").iterdir()), "the cache went to the temporary folder"
+    more = run_cli(*train_args(demo_dir, out, "--num-workers", "0"))
+    assert more.returncode == 0 and "resumed from" in more.stdout
+    assert_identical(final_state(out), reference)
+    assert [p.name for p in list_checkpoints(out)] == ["ckpt-e0003-s0000000.pt"]

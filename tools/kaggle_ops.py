@@ -4,18 +4,27 @@
 Subcommands (one per make target):
 
   push-lib       build the wheel, publish it as the dataset <user>/pixelplay-lib
-                 (``datasets create``; when the slug exists, ``datasets version``)
-  push-kernel    stage notebooks/<nb>.ipynb (outputs cleared) + kernel-metadata.json
-                 rendered from the top-level template, then ``kernels push``
+                 (``datasets create``; when the slug exists, ``datasets version``), then
+                 poll ``datasets status`` until Kaggle has processed it (fails on failed)
+  push-kernel    stage notebooks/<nb>.ipynb (outputs cleared; with --params, P's values
+                 injected as papermill does: tools/kaggle_params.py, checked first) +
+                 kernel-metadata.json rendered from the top-level template (competition,
+                 datasets, kernel sources), check once that the lib dataset is ready, then
+                 ``kernels push``
   kernel-status  ``kernels status``; exits 1 on error/cancelled (``--wait`` polls)
-  kernel-output  ``kernels output`` into a local folder (default runs/kaggle-<nb>)
-  submit         ``competitions submit`` of a submission.csv
+  kernel-output  ``kernels output`` into a local folder (default runs/kaggle-<nb>); each
+                 submission CSV with its X.check.json beside it is checked
+  submit         check a submission CSV (pixelplay_lib.submission: against its
+                 X.check.json, or the competition folder --data), then
+                 ``competitions submit``; a file with wrong rows is never sent
   whoami         print the Kaggle user name the targets would use (never the key)
 
 The CLI exits 0 after "Kernel push error: ..." and whatever a kernel's status is, so
 every command here reads the CLI's output as well as its exit status. Credentials are
 looked up (without printing them) before the CLI runs; anything the CLI prints is
-echoed with known secret values masked. Standard library only.
+echoed with known secret values masked. Standard library only, but for --params
+(papermill, pixelplay_lib) and the submission checks (pixelplay_lib), imported when used:
+run it with the venv's python (kaggle.mk does).
 """
 
 from __future__ import annotations
@@ -53,7 +62,6 @@ ACCELERATOR_WARNINGS = {
         "GPU quota (Kaggle/kaggle-cli issue 1151; the CLI also marks the P100 retired). The "
         "kernel's preflight stops such a run within seconds."),
 }
-SUBMISSION_HEADER = "image_id,class"
 PLACEHOLDER = re.compile(r"\{\{([A-Z_]+)\}\}")
 
 AUTH_HELP = """\
@@ -320,19 +328,59 @@ def split_models(text: str | None) -> list[str]:
     return refs
 
 
+def clear_outputs(nb: dict[str, Any]) -> dict[str, Any]:
+    """The notebook with code-cell outputs and execution counts removed (in place)."""
+    for cell in nb["cells"]:
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+    return nb
+
+
 def cleared_notebook(path: Path) -> dict[str, Any]:
-    """The notebook with code-cell outputs and execution counts removed."""
+    """The notebook at `path`, outputs cleared."""
     try:
         nb = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise OpsError(f"cannot read notebook {path}: {exc}") from exc
     if not isinstance(nb, dict) or "cells" not in nb:
         raise OpsError(f"{path} is not a Jupyter notebook (no 'cells')")
-    for cell in nb["cells"]:
-        if cell.get("cell_type") == "code":
-            cell["outputs"] = []
-            cell["execution_count"] = None
-    return nb
+    return clear_outputs(nb)
+
+
+def notebook_for_push(path: Path, params: str) -> dict[str, Any]:
+    """The notebook to push, outputs cleared: as it is, or with the values of P
+    (``-p NAME VALUE ...``) injected the way papermill does (tools/kaggle_params.py, which
+    checks them first). Prints the injected cell. Raises OpsError with the fix."""
+    cleared = cleared_notebook(path)  # also checks that it is a notebook
+    if not params.strip():
+        return cleared
+    # tools/ is sys.path[0] when this script runs; kaggle_params imports papermill and
+    # pixelplay_lib when called
+    from kaggle_params import ParamsError, notebook_with_parameters
+
+    try:
+        nb, _ = notebook_with_parameters(path, params)
+    except ParamsError as exc:
+        raise OpsError(f"{exc} (nothing was sent to Kaggle)") from None
+    except ImportError as exc:
+        raise OpsError(f"P= needs papermill and pixelplay_lib ({exc}): run it with the venv's "
+                       "python (`make venv`)") from None
+    cell = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    print(f"Injected into {path.name} (papermill's injected-parameters cell after the "
+          "parameters cell):\n" + "".join(f"  {line}\n" for line in cell.source.splitlines()),
+          end="", flush=True)
+    return clear_outputs(nb)
+
+
+def checked_competition(slug: str) -> str:
+    """COMPETITION= (a competition slug, as in kaggle.com/competitions/<slug>)."""
+    slug = slug.strip()
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", slug):
+        raise OpsError(f"COMPETITION={slug!r} is not a competition slug: give the name in "
+                       f"the competition's URL, kaggle.com/competitions/<slug> (e.g. "
+                       f"{COMPETITION})")
+    return slug
 
 
 def kernel_sources_for(nb: str, user: str, resume_from: str | None,
@@ -371,6 +419,7 @@ def cmd_push_kernel(args: argparse.Namespace, kaggle: Kaggle, user: str) -> None
     paired = notebooks / f"{nb}.py"
     if paired.is_file() and paired.stat().st_mtime > source.stat().st_mtime + 2:
         print(f"WARNING: {paired} is newer than {source}: sync the pair before pushing.")
+    notebook = notebook_for_push(source, args.params)
 
     accelerator = args.accelerator.strip()
     warning = accelerator_warning(accelerator)
@@ -379,14 +428,17 @@ def cmd_push_kernel(args: argparse.Namespace, kaggle: Kaggle, user: str) -> None
     values: dict[str, str | list[str]] = {
         "KAGGLE_USER": user,
         "NB": nb,
+        "COMPETITION": checked_competition(args.competition),
         "ACCELERATOR": accelerator,
         "DOCKER_IMAGE": checked_docker_image(args.docker_image),
         "PIN": checked_pin(args.pin),
         "DATASETS": split_refs(args.datasets),
         "MODELS": split_models(args.models),
-        "KERNEL_SOURCES": kernel_sources_for(nb, user, args.resume_from, args.train_kernel,
-                                             kaggle),
     }
+    # The first requests: everything above is checked locally.
+    check_lib_ready(kaggle, f"{user}/{LIB_SLUG}")
+    values["KERNEL_SOURCES"] = kernel_sources_for(nb, user, args.resume_from,
+                                                  args.train_kernel, kaggle)
     meta = render(load_template(Path(args.template)), values)
     # Empty = Kaggle's choice: ACCELERATOR= its default GPU, DOCKER_IMAGE=/PIN= its image.
     for key in ("machine_shape", "docker_image", "docker_image_pinning_type"):
@@ -398,7 +450,7 @@ def cmd_push_kernel(args: argparse.Namespace, kaggle: Kaggle, user: str) -> None
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
-    write_json(stage / meta["code_file"], cleared_notebook(source))
+    write_json(stage / meta["code_file"], notebook)
     write_json(stage / "kernel-metadata.json", meta)
     print(f"Staged {stage}: {meta['code_file']} + kernel-metadata.json "
           f"(id {meta['id']}, kernel_sources {meta.get('kernel_sources') or 'none'})")
@@ -462,28 +514,146 @@ def cmd_kernel_output(args: argparse.Namespace, kaggle: Kaggle, user: str) -> No
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     print(f"{len(files)} file(s) in {out}: " + ", ".join(map(str, files[:20]))
           + (" ..." if len(files) > 20 else ""))
-    submission = out / "submission.csv"
-    if submission.is_file():
-        print(f"Next: make submit FILE={submission}")
+    report_submissions(out)
+
+
+def report_submissions(out: Path) -> None:
+    """Check each downloaded submission (a CSV with its X.check.json beside it) against
+    its sidecar and print the result with the `make submit` line to use."""
+    pairs = [(sidecar.with_name(sidecar.name.removesuffix(".check.json") + ".csv"), sidecar)
+             for sidecar in sorted(out.rglob("*.check.json"))]
+    pairs = [(csv, sidecar) for csv, sidecar in pairs if csv.is_file()]
+    sub = submission_module() if pairs else None
+    for csv, sidecar in pairs:
+        line = f"make submit FILE={shlex.quote(str(csv))}"
+        try:
+            expected = sub.read_check(sidecar)
+        except sub.SubmissionError as exc:
+            print(f"WARNING: {exc}; check it against the competition folder: {line} "
+                  "DATA=<competition folder>")
+            continue
+        problems = sub.check_submission(csv, expected.ids, expected.classes, expected.header)
+        if problems:
+            print(f"WARNING: {csv} would not score ({len(problems)} problem(s), checked "
+                  f"against {sidecar.name}):" + "".join(f"\n  - {p}" for p in problems)
+                  + f"\nmake submit refuses it ({line}).")
+        else:
+            print(f"{csv}: OK ({len(expected.ids)} rows, one per test image, labels among "
+                  f"the {len(expected.classes)} classes). Next: {line}")
+    default = out / "submission.csv"
+    if default.is_file() and default not in [csv for csv, _ in pairs]:
+        print(f"Next: make submit FILE={shlex.quote(str(default))} DATA=<competition folder> "
+              f"(no {default.stem}.check.json beside it to check it against)")
 
 
 # --------------------------------------------------------------------------- submit
+def submission_module() -> Any:
+    """pixelplay_lib.submission (the venv's package), imported when needed."""
+    try:
+        from pixelplay_lib import submission
+    except ImportError as exc:
+        raise OpsError(f"checking a submission needs pixelplay_lib ({exc}): run this with the "
+                       "venv's python (`make venv`)") from None
+    return submission
+
+
+def checked_submission(path: Path, data: str, competition: str) -> int:
+    """Check the CSV at `path` against its X.check.json, or against the competition folder
+    `data` when given; returns its row count. Raises OpsError listing the wrong rows, or
+    saying how to give something to check against."""
+    sub = submission_module()
+    try:
+        expected = sub.expected_from(path, data)
+    except sub.SubmissionError as exc:
+        raise OpsError(f"{exc}: make submit FILE={shlex.quote(str(path))} DATA=<competition "
+                       f"folder> (e.g. from `kaggle competitions download {competition}`). "
+                       "Nothing was sent to Kaggle.") from None
+    problems = sub.check_submission(path, expected.ids, expected.classes, expected.header)
+    if problems:
+        raise OpsError(f"{path} would not score, nothing was sent to Kaggle (checked against "
+                       f"{expected.source}):" + "".join(f"\n  - {p}" for p in problems))
+    print(f"{path}: {len(expected.ids)} rows, one per test image, labels among the "
+          f"{len(expected.classes)} classes (checked against {expected.source}).")
+    return len(expected.ids)
+
+
 def cmd_submit(args: argparse.Namespace, kaggle: Kaggle, user: str) -> None:
     path = Path(args.file or "runs/kaggle-infer/submission.csv")
     if not path.is_file():
         raise OpsError(f"{path} not found: run `make kernel-output NB=infer` first, "
                        "or pass FILE=<submission.csv>.")
-    with path.open(encoding="utf-8") as f:
-        header = f.readline().strip()
-        rows = sum(1 for line in f if line.strip())
-    if header != SUBMISSION_HEADER:
-        raise OpsError(f"{path}: header is {header!r}, the competition wants {SUBMISSION_HEADER!r}")
-    if rows == 0:
-        raise OpsError(f"{path} has no rows")
+    competition = checked_competition(args.competition)
+    rows = checked_submission(path, args.data, competition)
     message = args.message or f"pixelplay {path.name} ({rows} rows) {git_rev(REPO)}".strip()
-    result = kaggle.run("competitions", "submit", args.competition, "-f", str(path),
+    result = kaggle.run("competitions", "submit", competition, "-f", str(path),
                         "-m", message)
     kaggle.check("kaggle competitions submit", result)
+
+
+# --------------------------------------------------------------------------- dataset status
+# `kaggle datasets status` prints the DatabundleVersionStatus name in lower case (kaggle
+# 2.2.5, dataset_status): not_yet_persisted, blobs_received, blobs_decompressed,
+# blobs_copied_to_sds, individual_blobs_compressed, reprocessing (pending), ready, failed,
+# deleted; an unknown dataset is an HTTP 404 ("... not found", exit 1).
+DATASET_READY = "ready"
+DATASET_FAILED = {"failed", "deleted"}
+
+
+def dataset_status(kaggle: Kaggle, ref: str) -> str | None:
+    """The status word of dataset `ref` (owner/slug), None when Kaggle does not know it.
+    Raises OpsError when the CLI fails otherwise or answers something unexpected."""
+    result = kaggle.run("datasets", "status", ref, echo=False)
+    if result.rc != 0:
+        if "not found" in result.output.lower():
+            return None
+        first = next((ln.strip() for ln in result.output.splitlines() if ln.strip()), "")
+        raise OpsError(f"kaggle datasets status {ref} failed: {first or '(no output)'}")
+    status = last_line(result.output).lower()
+    if not re.fullmatch(r"[a-z_]+", status):
+        raise OpsError(f"kaggle datasets status {ref}: unexpected answer: {status}")
+    return status
+
+
+def check_lib_ready(kaggle: Kaggle, ref: str) -> None:
+    """Refuse (OpsError with the fix) to push a kernel whose lib dataset is missing, failed
+    or still being processed: the kernel would import an old pixelplay_lib, or none."""
+    status = dataset_status(kaggle, ref)
+    if status is None:
+        raise OpsError(f"the dataset {ref} does not exist (the kernel imports pixelplay_lib "
+                       "from it): run `make push-lib` first.")
+    if status in DATASET_FAILED:
+        raise OpsError(f"the dataset {ref} is {status} on Kaggle: run `make push-lib` again.")
+    if status != DATASET_READY:
+        raise OpsError(f"the dataset {ref} is not ready (status {status}): Kaggle is still "
+                       "processing its newest version, which the kernel would miss. Wait a "
+                       "minute and push again (`make push-lib` waits until it is ready).")
+    print(f"{ref} is ready.")
+
+
+def wait_until_ready(kaggle: Kaggle, ref: str, poll: float, timeout: float) -> None:
+    """Poll `kaggle datasets status ref` every `poll` seconds until it is ready; raises
+    OpsError on failed/deleted or after `timeout` seconds. "Not found" counts as pending:
+    a dataset just created may not be visible yet."""
+    start = time.monotonic()
+    while True:
+        status = dataset_status(kaggle, ref)
+        elapsed = time.monotonic() - start
+        if status == DATASET_READY:
+            print(f"{ref} is ready ({elapsed:.0f} s).")
+            return
+        if status in DATASET_FAILED:
+            raise OpsError(f"Kaggle could not process {ref} (status {status}): see "
+                           f"https://www.kaggle.com/datasets/{ref}, then run `make push-lib` "
+                           "again.")
+        shown = status or "not visible yet"
+        if elapsed + poll > timeout:
+            raise OpsError(f"{ref} is still {shown} after {elapsed:.0f} s (the upload went "
+                           f"through; Kaggle is still processing it): check with `kaggle "
+                           f"datasets status {ref}` before make push-kernel, or wait longer "
+                           "(LIB_TIMEOUT=<seconds>).")
+        print(f"{ref}: {shown}; next check in {poll:g} s ({elapsed:.0f} s of at most "
+              f"{timeout:g} s)", flush=True)
+        time.sleep(poll)
 
 
 # --------------------------------------------------------------------------- push-lib
@@ -540,8 +710,10 @@ def cmd_push_lib(args: argparse.Namespace, kaggle: Kaggle, user: str) -> None:
         raise OpsError(errors[0].strip())
     if "being created" not in result.output:
         raise OpsError(f"kaggle datasets: unexpected answer: {last_line(result.output)}")
-    print(f"Published {meta['id']} ({wheel.name}). Kaggle needs a minute to process it "
-          f"(`kaggle datasets status {meta['id']}`); then make push-kernel.")
+    print(f"Uploaded {wheel.name} to {meta['id']}; waiting until Kaggle has processed it.",
+          flush=True)
+    wait_until_ready(kaggle, meta["id"], args.poll, args.timeout)
+    print(f"Published {meta['id']} ({wheel.name}). Next: make push-kernel")
 
 
 def cmd_whoami(args: argparse.Namespace, kaggle: Kaggle, user: str) -> None:
@@ -556,7 +728,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_nb(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--nb", default="train", help="notebook: train | infer | explore")
+        sp.add_argument("--nb", default="train",
+                        help="notebook: train | infer | explore | quick (notebooks/<nb>.ipynb)")
         return sp
 
     lib = sub.add_parser("push-lib", help="publish the wheel as <user>/pixelplay-lib")
@@ -565,6 +738,10 @@ def build_parser() -> argparse.ArgumentParser:
     lib.add_argument("--stage", default="build/kaggle-lib")
     lib.add_argument("--template", default=str(REPO / "dataset-metadata.json"))
     lib.add_argument("-m", "--message", default="", help="version notes")
+    lib.add_argument("--poll", type=float, default=10.0,
+                     help="seconds between `datasets status` checks")
+    lib.add_argument("--timeout", type=float, default=900.0,
+                     help="seconds to wait for the new version to be ready")
     lib.set_defaults(func=cmd_push_lib)
 
     push = with_nb(sub.add_parser("push-kernel", help="push notebooks/<nb>.ipynb"))
@@ -582,6 +759,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "previous run; empty: none)")
     push.add_argument("--train-kernel", default=None,
                       help="infer only: kernel with the model (default <user>/pixelplay-train)")
+    push.add_argument("--params", default="",
+                      help="P: -p NAME VALUE / -r NAME VALUE / -y YAML, injected as papermill "
+                           "does")
+    push.add_argument("--competition", default=COMPETITION, help="competition_sources slug")
     push.add_argument("--stage", default=None, help="default build/kernel-<nb>")
     push.add_argument("--template", default=str(REPO / "kernel-metadata.json"))
     push.set_defaults(func=cmd_push_kernel)
@@ -596,8 +777,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", default="", help="default runs/kaggle-<nb>")
     out.set_defaults(func=cmd_kernel_output)
 
-    submit = sub.add_parser("submit", help="submit a CSV to the competition")
+    submit = sub.add_parser("submit", help="check a CSV, then submit it to the competition")
     submit.add_argument("--file", default="", help="default runs/kaggle-infer/submission.csv")
+    submit.add_argument("--data", default="",
+                        help="competition folder to check against (default: X.check.json "
+                             "beside the file)")
     submit.add_argument("-m", "--message", default="")
     submit.add_argument("--competition", default=COMPETITION)
     submit.set_defaults(func=cmd_submit)

@@ -8,16 +8,16 @@ Five experts can vote (config field `experts`; `auto` = every one this run can b
   probe       logistic regression on image-text embeddings (seen)     fusion.py
 
 `fit` (end of train) computes each expert's inputs on the training images (what fitted
-experts learn from) and on the validation images (the protocol's pool), lets fusion.protocol
-choose weights and gamma, and saves fusion.pt / fusion.json plus expert_train.npz (the
-training-side arrays: predict refits the probe and the attribute model from them without
-touching a training image). `decide` (predict) computes the same inputs on the test images
-and applies the fusion; `score_special` does it on the Special-Package's labelled photos.
+experts learn from) and on the validation images (held out: the protocol's pool), saves them
+as arrays (experts/arrays.py: the contract `fuse` reads), lets the leave-classes-out
+protocol choose provisional weights and gamma, and saves fusion.pt / fusion.json. `Fitted.
+predict` (predict) computes the same inputs on the test images, saves them too, and lets the
+fusion choose its weights and gamma on the test pool (experts/testpool.py) before deciding;
+`score_special` applies that choice to the Special-Package's labelled photos.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from dataclasses import dataclass
@@ -34,11 +34,10 @@ from ..inference import ViewPlan, classifier_forward, open_images, prepare, run_
 from ..model import Net, WeightsUnavailable
 from ..pipeline import resolve_workers
 from ..runtime import Runtime
-from . import fusion, imagenet, imagetext
+from . import arrays, fusion, imagenet, imagetext
 
 log = logging.getLogger("pixelplay")
 
-TRAIN_ARRAYS = "expert_train.npz"
 DEFAULT_VL_MODEL = Config.vl_model
 # What the fused model is made of besides its weights: predict takes these from training.
 VL_FIELDS = ("vl_model", "vl_flip", "prompts", "synonyms")
@@ -166,20 +165,27 @@ def pool_arrays(src: Sources, cfg: Config, rt: Runtime, paths: list[Path],
         common = [i for i in common if i in present]
     result: dict[str, Any] = {"index": np.asarray(common, dtype=int),
                               "failed": sorted(failed.items()), "lenient": lenient}
-    for index, arrays in parts:
+    for index, outputs in parts:
         row = {int(i): r for r, i in enumerate(index)}
         take = [row[i] for i in common]
-        result.update({k: v[take] for k, v in arrays.items()})
+        result.update({k: v[take] for k, v in outputs.items()})
     return result
 
 
 def network_forward(net: Net | None, pretrained: torch.nn.Module | None):
-    """One pass of both networks on the same views: (forward, keep) for run_images."""
-    forwards = ([classifier_forward(net)] if net is not None else []) + (
-        [imagenet.imagenet_forward(pretrained)] if pretrained is not None else [])
+    """One pass of both networks on the same views: (forward, keep) for run_images. When
+    they begin with the same frozen, bit-identical modules (trainable=layer4,fc on ImageNet
+    weights: conv1..layer3), those run once per view for both
+    (imagenet.shared_trunk_forward); otherwise each network runs its own forward."""
     keep = {"logits": "all", "features": "first"} if net is not None else {}
     if pretrained is not None:
         keep.update(imagenet.KEEP)
+    shared = (imagenet.shared_trunk_forward(net, pretrained)
+              if net is not None and pretrained is not None else None)
+    if shared is not None:
+        return shared, keep
+    forwards = ([classifier_forward(net)] if net is not None else []) + (
+        [imagenet.imagenet_forward(pretrained)] if pretrained is not None else [])
 
     def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: t for f in forwards for name, t in f(x).items()}
@@ -187,22 +193,23 @@ def network_forward(net: Net | None, pretrained: torch.nn.Module | None):
     return forward, keep
 
 
-def build_experts(src: Sources, pool: dict[str, Any], train: dict[str, Any],
-                  classes: list[str]) -> list[fusion.Expert]:
-    """The fusion experts of `src.names` scoring `pool`; fitted ones learn from `train`
-    (arrays of labelled seen-class images, with "labels")."""
-    experts: list[fusion.Expert] = []
-    for name in src.names:
-        if name == "resnet":
-            experts.append(fusion.LogitExpert(mean_vote_logits(pool["logits"])))
-        elif name == "attributes":
-            experts.append(fusion.AttributeExpert(pool["features"], train["features"],
-                                                  train["labels"], src.attributes))
-        elif name == "imagenet":
-            experts.append(imagenet.make_expert(pool[imagenet.OUTPUT], classes))
-    experts += fusion.vision_language_experts(
-        src.names, pool.get("vl"), src.text, src.scale, train.get("vl"), train.get("labels"))
-    return experts
+def to_pool(raw: dict[str, Any], ids: list[str], labels: np.ndarray | None,
+            classes: list[str], keep: tuple[str, ...] = tuple(arrays.INPUTS)) -> arrays.Pool:
+    """pool_arrays' output -> the expert inputs of arrays.Pool (see arrays.py): mean-vote
+    log-probabilities, features, the ImageNet head on the classes, image-text embeddings;
+    only the inputs named in `keep`."""
+    inputs: dict[str, np.ndarray] = {}
+    if "logits" in raw and "resnet" in keep:
+        inputs["resnet"] = mean_vote_logits(raw["logits"])
+    if "features" in raw and "features" in keep:
+        inputs["features"] = raw["features"]
+    if imagenet.OUTPUT in raw and "imagenet" in keep:
+        inputs["imagenet"] = imagenet.make_expert(raw[imagenet.OUTPUT], classes).log_probs
+    if "vl" in raw and "vl" in keep:
+        inputs["vl"] = raw["vl"]
+    n = len(raw["index"])
+    return arrays.Pool(np.asarray(ids, dtype=str), np.full(n, -1) if labels is None
+                       else np.asarray(labels), inputs)
 
 
 def mean_vote_logits(logits: np.ndarray) -> np.ndarray:
@@ -212,34 +219,42 @@ def mean_vote_logits(logits: np.ndarray) -> np.ndarray:
     return torch.log(torch.softmax(t, -1).mean(1)).numpy()
 
 
+def policy(cfg: Config) -> str:
+    """Who chooses weights and gamma at prediction: zs_gamma auto = the test pool,
+    protocol = the leave-classes-out protocol (or a number: fixed, see load_fitted)."""
+    return "test" if cfg.zs_gamma == "auto" else "protocol"
+
+
 @dataclass
 class Fitted:
-    """A fitted fusion with its experts' sources and the labelled arrays the fitted experts
-    learn from: `predict` classifies any list of images."""
+    """A fitted fusion with its experts' sources and the run's arrays: `predict` classifies
+    any list of images (and adds them to the arrays as a pool)."""
 
     state: fusion.FusionState
     src: Sources
-    train: dict[str, np.ndarray]
-    classes: list[str]
+    run: arrays.RunArrays
+    output_dir: Path
 
     def predict(self, cfg: Config, rt: Runtime, paths: list[Path], desc: str,
-                keep_failed: bool = True
+                pool_name: str, choose: bool, labels: np.ndarray | None = None
                 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
-        """(fused class indices (n,), each expert's own argmax (n,), the pool's arrays)."""
-        pool = pool_arrays(self.src, cfg, rt, paths, list(range(len(paths))), cfg.tta_votes,
-                           keep_failed, desc)
-        experts = build_experts(self.src, pool, self.train, self.classes)
-        pred = fusion.apply_fusion(self.state, experts, pool.get("vl"), self.src.text)
-        alone = {e.name: e.scores(list(self.state.seen)).argmax(1) for e in experts}
-        return pred, alone, pool
+        """(fused class indices (n,), each expert's own argmax (n,), the raw pool arrays)
+        for `paths` (every image gets a row); the pool is saved as arrays/<pool_name>.npz.
+        choose: the fusion chooses weights and gamma on these images (the test pool)."""
+        raw = pool_arrays(self.src, cfg, rt, paths, list(range(len(paths))), cfg.tta_votes,
+                          True, desc)
+        pool = to_pool(raw, [p.name for p in paths], labels, self.run.classes)
+        self.run.pools[pool_name] = pool
+        arrays.save_pool(self.output_dir, pool_name, pool)
+        pred, alone = arrays.apply(self.state, self.run, pool_name, choose)
+        return pred, alone, raw
 
 
 def fit(cfg: Config, rt: Runtime, ch: Challenge, train_idx: list[int], val_idx: list[int],
         net: Net | None) -> Fitted:
-    """Train side: the experts score the validation images (votes, as predict will), the
-    fitted ones learn from the training images (central views), the protocol chooses the
-    fusion; fusion.pt / fusion.json and expert_train.npz (every labelled image's arrays,
-    for the final fits) are written to output_dir."""
+    """Train side: the experts' inputs on the training images (central views; fitted
+    experts learn from them) and on the validation images (votes, as predict will), saved
+    as arrays/; the protocol's provisional fusion, saved as fusion.pt / fusion.json."""
     src = open_sources(cfg, cfg, ch, rt, net)
     paths = [p for p, _ in ch.train_samples]
     labels = np.array([label for _, label in ch.train_samples])
@@ -248,39 +263,45 @@ def fit(cfg: Config, rt: Runtime, ch: Challenge, train_idx: list[int], val_idx: 
                         **common)
     val = pool_arrays(indices=val_idx, votes=cfg.tta_votes, desc="validation images",
                       **common)
-    train["labels"], val["labels"] = labels[train["index"]], labels[val["index"]]
-    if len(val["labels"]) and len(ch.seen) >= 2:
-        experts = build_experts(src, val, train, ch.classes)
-        state = fusion.fit_fusion(cfg, experts, val["labels"], ch.seen, len(ch.classes),
-                                  val.get("vl"), src.text, src.scale)
+    out = Path(cfg.output_dir)
+    run = arrays.RunArrays(ch.classes, list(ch.seen), list(ch.unseen), src.scale,
+                           src.itm.name if src.itm else None, src.text, src.attributes)
+    names = {k: [str(paths[i].relative_to(ch.root)) for i in raw["index"]]
+             for k, raw in (("train", train), ("val", val))}
+    run.pools["train"] = to_pool(train, names["train"], labels[train["index"]], ch.classes,
+                                 keep=("features", "vl"))
+    run.pools["val"] = to_pool(val, names["val"], labels[val["index"]], ch.classes)
+    arrays.save_run(run, out)
+    for name in ("train", "val"):
+        arrays.save_pool(out, name, run.pools[name])
+    if len(run.pools["val"]) and len(ch.seen) >= 2:
+        state = arrays.fit(run, src.names, cfg.zs_folds, cfg.seed, cfg.transductive,
+                           policy(cfg))
     else:  # nothing held out to tune on: every expert at weight 1, no offset
         log.warning("fusion: no validation images or fewer than 2 seen classes; every "
                     "expert weighs 1, gamma 0 (untuned)")
         state = fusion.FusionState(src.names, [1.0] * len(src.names), 0.0, list(ch.seen),
-                                   len(ch.classes), scale=src.scale, report={"untuned": True})
-        fusion.save_fusion(state, cfg.output_dir)
-    # The final fits learn from every labelled image: training + validation.
-    arrays = {k: np.concatenate([a for a in (train[k], val[k]) if len(a)] or [train[k]])
-              for k in ("features", "vl", "labels") if k in train}
-    if src.text is not None:  # lets predict check that it embeds with the same model
-        arrays["text"] = src.text
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    ckpt.atomic_write_bytes(Path(cfg.output_dir) / TRAIN_ARRAYS, buffer.getvalue())
-    return Fitted(state, src, arrays, ch.classes)
+                                   len(ch.classes), scale=src.scale, report={"untuned": True},
+                                   policy="protocol")
+    fusion.save_fusion(state, out)
+    for line in fusion.report_lines(state):
+        log.info(line)
+    return Fitted(state, src, run, out)
 
 
 def load_fitted(cfg: Config, rt: Runtime, ch: Challenge, run_dir: Path, trained: Config,
                 net: Net | None) -> Fitted:
-    """Predict side: the fusion train fitted in run_dir (fusion.pt, expert_train.npz), with
-    the sources of its experts of non-zero weight loaded again. cfg.zs_gamma, when a
-    number, overrides the fitted gamma."""
+    """Predict side: the fusion train fitted in run_dir (fusion.pt, arrays/), with the
+    sources of its experts loaded again. cfg.zs_gamma: auto = choose on the test pool,
+    protocol = keep the protocol's choice, a number = that gamma (and the protocol's
+    weights); cfg.transductive sets the term's mode for the test-pool choice."""
     state = fusion.load_fusion(run_dir)
-    if cfg.zs_gamma != "auto":
+    state.policy = policy(cfg) if state.heldout is not None else "protocol"
+    state.transductive = cfg.transductive
+    if cfg.zs_gamma not in ("auto", "protocol"):
         state.gamma = float(cfg.zs_gamma)
-    used = [n for n, w in zip(state.names, state.weights, strict=True) if w]
-    if state.transductive_weight and "text" not in used:
-        used.append("text")  # the transductive term needs the image-text embeddings
+    used = [n for n, w in zip(state.names, state.weights, strict=True)
+            if w or state.policy == "test"]
     # The image-text model and prompts are part of the fitted model (like image_size): the
     # training run's, unless predict names another model explicitly (then checked below).
     vl = {k: getattr(trained, k) for k in VL_FIELDS}
@@ -288,24 +309,19 @@ def load_fitted(cfg: Config, rt: Runtime, ch: Challenge, run_dir: Path, trained:
         vl["vl_model"] = cfg.vl_model
     src = open_sources(Config(**{**cfg.to_dict(), **vl, "experts": ",".join(used)}), trained,
                        ch, rt, net)
-    path = run_dir / TRAIN_ARRAYS
-    if not path.is_file():
-        raise FileNotFoundError(f"no {path}: train writes it with fusion.pt; point "
-                                "model_path / output_dir at the complete train run")
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    check_same_text(src, arrays, trained.vl_model)
-    return Fitted(state, src, arrays, ch.classes)
+    run = arrays.load(run_dir)
+    check_same_text(src, run.text, trained.vl_model)
+    return Fitted(state, src, run, Path(cfg.output_dir))
 
 
-def check_same_text(src: Sources, arrays: dict[str, np.ndarray], trained_model: str) -> None:
+def check_same_text(src: Sources, saved_text: np.ndarray | None, trained_model: str) -> None:
     """The class text embeddings predict computes must be those train fitted with: another
     image-text model (or other prompts) would feed the probe embeddings of another space.
     Raises ValueError naming both models and the fix."""
-    if src.text is None or "text" not in arrays:
+    if src.text is None or saved_text is None:
         return
-    same = arrays["text"].shape == src.text.shape and float(
-        (arrays["text"] * src.text).sum(1).min()) > 0.99  # fp16 vs fp32 text towers agree
+    same = saved_text.shape == src.text.shape and float(
+        (saved_text * src.text).sum(1).min()) > 0.99  # fp16 vs fp32 text towers agree
     if not same:
         raise ValueError(
             f"the image-text model used now ({src.itm.name if src.itm else '?'}) gives other "
@@ -314,23 +330,37 @@ def check_same_text(src: Sources, arrays: dict[str, np.ndarray], trained_model: 
             "again with the new model")
 
 
-def score_special(cfg: Config, rt: Runtime, ch: Challenge, fitted: Fitted
+def score_special(cfg: Config, rt: Runtime, ch: Challenge, fitted: Fitted, name: str
                   ) -> dict[str, Any] | None:
-    """Every expert and the fusion on the Special-Package's labelled photos (never trained
-    on): writes special_scores.csv to output_dir, logs the table, returns it as a dict
-    (rows overall / seen / unseen / per class), or None when the package is absent or
-    unreadable (the log says why)."""
-    from ..special import load_special_package, score_table
+    """Every expert and the fusion (as chosen for the submission `name`) on the
+    Special-Package's labelled photos (never trained on): writes <name>.special.csv beside
+    the submission, logs the table, returns it as a dict (rows overall / seen / unseen / per
+    class), or None when the package is absent or unreadable (the log says why)."""
+    from ..special import load_special_package
 
     package, message = load_special_package(ch.root, ch.classes, cfg.input_root)
     if package is None:
         log.info(message)
         return None
     log.info(package.summary(ch.classes, ch.unseen))
-    pred, alone, _ = fitted.predict(cfg, rt, package.files, "Special-Package images")
-    table = score_table({**alone, "fusion": pred}, package.labels, ch.classes, ch.unseen)
-    out = Path(cfg.output_dir)
-    ckpt.atomic_write_text(out / "special_scores.csv", table.to_csv(index_label="images of"))
-    log.info("Special-Package accuracy (labelled photos, never trained on):\n%s",
+    pred, alone, _ = fitted.predict(cfg, rt, package.files, "Special-Package images",
+                                    "special", choose=False,
+                                    labels=np.asarray(package.labels))
+    table = table_for(pred, alone, package.labels, ch.classes, ch.unseen)
+    return write_special(table, Path(cfg.output_dir), name)
+
+
+def table_for(pred: np.ndarray, alone: dict[str, np.ndarray], labels, classes: list[str],
+              unseen: list[int]):
+    """The Special-Package score table (special.score_table) of a decision and its experts."""
+    from ..special import score_table
+
+    return score_table({**alone, "fusion": pred}, labels, classes, unseen)
+
+
+def write_special(table, out: Path, name: str) -> dict[str, Any]:
+    """<name>.special.csv (atomic) and the log table; returns the table as a dict."""
+    ckpt.atomic_write_text(out / f"{name}.special.csv", table.to_csv(index_label="images of"))
+    log.info("Special-Package accuracy of %s (labelled images, never trained on):\n%s", name,
              table.loc[["overall", "seen", "unseen"]].round(3).to_string())
     return json.loads(table.round(4).to_json(orient="index"))

@@ -16,6 +16,7 @@ play "unseen" in the leave-classes-out protocol honestly: its protocol u is a fa
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,9 +26,12 @@ import torch
 import torchvision
 from torch import nn
 
+from .. import backbones
 from ..data import canonical
 from ..inference import Forward
-from ..model import load_weights
+from ..model import Net, load_weights
+
+log = logging.getLogger("pixelplay")
 
 N_IMAGENET = 1000
 TABLE = "resources/imagenet_to_class.tsv"
@@ -143,6 +147,12 @@ class ImageNetExpert:
         return self.log_probs
 
 
+def covered_classes(classes: list[str], rows: list[MappingRow] | None = None) -> set[int]:
+    """Indices of `classes` with an ImageNet counterpart in the table (default bundled)."""
+    matrix = mapping_matrix(read_mapping() if rows is None else rows, classes)
+    return {int(c) for c in np.flatnonzero(matrix.sum(0) > 0)}
+
+
 def make_expert(imagenet_logits: np.ndarray, classes: list[str],
                 rows: list[MappingRow] | None = None) -> ImageNetExpert:
     """The expert for images whose ImageNet logits are (n, 1000) or (n, views, 1000), for
@@ -181,13 +191,17 @@ def load_imagenet_network(arch: str, weights: str, input_root: str = "/kaggle/in
                           ) -> nn.Module:
     """The untouched pretrained classifier `arch` with its 1000-way ImageNet head, in eval
     mode: `weights` = "imagenet" (torchvision's file, an attached copy under input_root
-    first, see model.load_weights) or a path to a state dict of that arch with its original
-    head.
+    first, see model.load_weights; for "timm:<name>", backbones.timm_classifier) or a path to
+    a state dict of that arch with its original head. Any backbone whose weights carry an
+    ImageNet-1k head will do: the table maps ImageNet indices, the same in every library.
 
     Raises ValueError naming the arch or file: an arch that is not a torchvision ImageNet
-    classifier, weights="none", or weights without a 1000-way head; model.WeightsUnavailable
-    when the ImageNet file can be neither found nor downloaded.
+    classifier (or a timm model timm does not know, timm missing), weights="none", or
+    weights without a 1000-way head; model.WeightsUnavailable when the ImageNet file can be
+    neither found nor downloaded.
     """
+    if backbones.is_timm(arch):
+        return timm_imagenet_network(arch, weights, input_root)
     known = torchvision.models.list_models(torchvision.models)
     if arch not in known:
         raise ValueError(f"arch={arch!r} is not a torchvision ImageNet classifier, so it has "
@@ -216,6 +230,29 @@ def load_imagenet_network(arch: str, weights: str, input_root: str = "/kaggle/in
     return net.eval()
 
 
+def timm_imagenet_network(arch: str, weights: str, input_root: str) -> nn.Module:
+    """load_imagenet_network for "timm:<name>": the pretrained tag's head must have 1000
+    outputs (checked before loading; an in21k or in12k tag has more), and so must a state
+    dict given as `weights`. Raises ValueError naming the arch / weights and the fix."""
+    leave_out = "leave imagenet out of `experts`"
+    if weights == "none":
+        raise ValueError("weights='none': the ImageNet expert needs the pretrained head "
+                         f"(weights=imagenet or a state dict with it); {leave_out} otherwise")
+    timm = backbones.check_timm_name(arch)
+    cfg = timm.models.get_pretrained_cfg(backbones.timm_name(arch))
+    if weights == "imagenet" and cfg is not None and cfg.num_classes != N_IMAGENET:
+        raise ValueError(f"arch={arch!r}: its pretrained head has {cfg.num_classes} classes, "
+                         f"not ImageNet-1k's {N_IMAGENET}: pick a tag fine-tuned on "
+                         f"ImageNet-1k (ending in in1k), or {leave_out}")
+    net = backbones.timm_classifier(arch, weights, input_root)
+    outputs = backbones.classifier_outputs(net)
+    if outputs != N_IMAGENET:
+        raise ValueError(f"arch={arch!r}, weights={weights!r}: its head has {outputs} "
+                         f"outputs, not ImageNet-1k's {N_IMAGENET}: the ImageNet expert needs "
+                         f"the untouched pretrained network; {leave_out} otherwise")
+    return net.eval()
+
+
 def head_name(net: nn.Module) -> str:
     """The module name of `final_layer(net)` ("fc", "classifier.1", "heads.head", ...)."""
     layer = final_layer(net)
@@ -229,5 +266,27 @@ def imagenet_forward(net: nn.Module) -> Forward:
 
     def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {OUTPUT: net(x)}
+
+    return forward
+
+
+def shared_trunk_forward(net: Net, pretrained: nn.Module) -> Forward | None:
+    """One forward for the fine-tuned `net` and the pretrained network when they begin with
+    the same frozen, bit-identical modules (backbones.shared_trunk; e.g. trainable=layer4,fc
+    on ImageNet weights: conv1..layer3): that trunk runs once per view and feeds both.
+    Returns {"logits", "features" (the Net's, as inference.classifier_forward), OUTPUT}, or
+    None when they share no trunk (then each runs its own forward)."""
+    shared = backbones.shared_trunk(net.body, pretrained)
+    if shared is None:
+        return None
+    form, k = shared
+    log.info("ImageNet expert: %s..%s shared with the fine-tuned network (one pass per view)",
+             form.modules[0], form.modules[k - 1])
+
+    def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        trunk = backbones.run_until(net.body, form, x, k)
+        features = backbones.run_from(net.body, form, trunk, k)
+        return {"logits": net.head(features), "features": features,
+                OUTPUT: backbones.run_from(pretrained, form, trunk, k)}
 
     return forward
