@@ -18,8 +18,6 @@ know about an architecture, kept here so that `model.py` stays about the `Net`:
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .locate import walk_inputs
+from .locate import hub_reachable, walk_inputs
 
 log = logging.getLogger("pixelplay")
 
@@ -37,8 +35,6 @@ TIMM_PREFIX = "timm:"
 TIMM_INSTALL = "pip install timm (Kaggle's image has it)"
 # What a timm repo on the Hugging Face hub holds (a snapshot, or the HF cache's layout).
 TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-HUB_HOST = ("huggingface.co", 443)
-HUB_TIMEOUT_S = 3.0
 
 
 class WeightsUnavailable(RuntimeError):
@@ -151,18 +147,6 @@ def cached_timm_weights(cfg: Any) -> Path | None:
             return Path(hit)
     return None
 
-
-def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
-    """The Hugging Face hub answers a TCP connect within `timeout` s (HF_HUB_OFFLINE unset):
-    checked first so that an offline machine fails in seconds, not after the hub client's
-    retries (about a minute)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        with socket.create_connection(HUB_HOST, timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def timm_weights_message(arch: str, cfg: Any, input_root: str, why: str) -> str:

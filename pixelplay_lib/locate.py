@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,21 @@ log = logging.getLogger("pixelplay")
 # symlink loop or a huge unrelated input cannot make a lookup walk forever.
 MAX_DEPTH = 6
 SKIPPED_DIRS = frozenset({"cache", "__pycache__", ".git"})
+HUB_HOST = ("huggingface.co", 443)
+HUB_TIMEOUT_S = 3.0
+
+
+def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
+    """True when the Hugging Face hub answers a TCP connect within `timeout` seconds and
+    offline mode (HF_HUB_OFFLINE) is not set: checked first, so that an offline machine
+    fails in seconds, not after the hub client's retries (about a minute)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def walk_inputs(root: str | Path, max_depth: int = MAX_DEPTH) -> Iterator[tuple[Path, list[str]]]:

@@ -107,10 +107,9 @@ def test_sharded_prediction_is_gathered_complete_and_ordered(demo_dir, demo_root
     frame = pd.read_csv(two / "submission.csv", dtype=str)
     tests = sorted(p.name for p in (demo_root / "test").iterdir() if p.suffix == ".jpg")
     assert list(frame["image_id"]) == tests
-    (two / "submission.csv").rename(two / "sharded.csv")
-    whole = run_cli(*common, "--output-dir", str(two), "--devices", "cpu")
-    assert whole.returncode == 0
-    assert frame.equals(pd.read_csv(two / "submission.csv", dtype=str))
+    whole = run_cli(*common, "--output-dir", str(two), "--devices", "cpu", "--name", "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert frame.equals(pd.read_csv(two / "whole.csv", dtype=str))
 
 
 def test_fused_prediction_under_torchrun_runs_once(demo_dir, demo_root, two, tmp_path):

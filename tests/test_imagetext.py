@@ -71,8 +71,8 @@ def test_both_feature_conventions_give_the_same_embeddings(tiny: Path) -> None:
     np.testing.assert_allclose(v4, v5, atol=1e-6)
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
-        np.testing.assert_allclose(imagetext._VisionTower(as_tensor.model)(x).numpy(),
-                                   imagetext._VisionTower(itm.model)(x).numpy(), atol=1e-6)
+        np.testing.assert_allclose(imagetext._Tower(as_tensor.model)(x).numpy(),
+                                   imagetext._Tower(itm.model)(x).numpy(), atol=1e-6)
 
 
 def test_found_under_a_kaggle_models_mount(tiny_clip: Path, tmp_path: Path) -> None:
@@ -179,9 +179,9 @@ def test_predict_refuses_another_image_text_model_than_train_used():
 
     text = np.eye(3)
     src = Sources([], Config(), text=text)
-    check_same_text(src, {"text": text + 1e-4}, "org/a")  # the same model (fp16 noise)
+    check_same_text(src, text + 1e-4, "org/a")  # the same model (fp16 noise)
     with pytest.raises(ValueError, match="other class embeddings.*org/a"):
-        check_same_text(src, {"text": np.roll(text, 1, axis=0)}, "org/a")
+        check_same_text(src, np.roll(text, 1, axis=0), "org/a")
 
 
 # --------------------------------------------------------------------------- robustness

@@ -41,7 +41,10 @@ def final_state(out: Path) -> dict:
 
 def assert_identical(a, b, where: str = "") -> None:
     if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), f"tensors differ at {where}"
+        # bit-identical; NaN (the fusion's "not in this group" cells) equals NaN
+        assert a.shape == b.shape and a.dtype == b.dtype, f"tensors differ at {where}"
+        assert torch.equal(a.nan_to_num(nan=0.0), b.nan_to_num(nan=0.0)) and torch.equal(
+            a.isnan(), b.isnan()), f"tensors differ at {where}"
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), where
         for k in a:

@@ -199,6 +199,11 @@ def to_pool(raw: dict[str, Any], ids: list[str], labels: np.ndarray | None,
     log-probabilities, features, the ImageNet head on the classes, image-text embeddings;
     only the inputs named in `keep`."""
     inputs: dict[str, np.ndarray] = {}
+    n = len(raw["index"])
+    if not n:  # nothing held out (a tiny dataset): empty inputs of the right width
+        raw = {**raw, **{k: np.zeros((0, 1, len(classes))) for k in ("logits",) if k in raw}}
+        if imagenet.OUTPUT in raw:
+            raw[imagenet.OUTPUT] = np.zeros((0, 1, imagenet.N_IMAGENET))
     if "logits" in raw and "resnet" in keep:
         inputs["resnet"] = mean_vote_logits(raw["logits"])
     if "features" in raw and "features" in keep:
@@ -207,7 +212,6 @@ def to_pool(raw: dict[str, Any], ids: list[str], labels: np.ndarray | None,
         inputs["imagenet"] = imagenet.make_expert(raw[imagenet.OUTPUT], classes).log_probs
     if "vl" in raw and "vl" in keep:
         inputs["vl"] = raw["vl"]
-    n = len(raw["index"])
     return arrays.Pool(np.asarray(ids, dtype=str), np.full(n, -1) if labels is None
                        else np.asarray(labels), inputs)
 

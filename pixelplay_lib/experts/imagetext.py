@@ -36,7 +36,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,14 +47,12 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..locate import find_files, walk_inputs
+from ..locate import find_files, hub_reachable, walk_inputs
 from ..pipeline import resolve_workers
 
 log = logging.getLogger("pixelplay")
 
 EMBEDDING_FORMAT = 2  # bump when the stored embeddings change meaning (2: environment kept)
-HUB_HOST = ("huggingface.co", 443)
-HUB_TIMEOUT_S = 3.0
 MAX_WALK_DEPTH = 7  # /kaggle/input/<slug>/transformers/<variation>/<version>/ is depth 4
 TEXT_BATCH = 256
 
@@ -115,11 +112,11 @@ class ImageTextModel:
         return int(side), tuple(ip.image_mean), tuple(ip.image_std)
 
     def float32_tower(self, kind: str) -> torch.nn.Module:
-        """The "image" (_VisionTower) or "text" (_TextTower) tower in float32, built on first
+        """The "image" or "text" tower (_Tower) in float32, built on first
         call and kept: the model itself when its weights are float32 already, else a float32
         copy of that tower alone (the model stays as loaded: fp16 halves its memory)."""
         if kind not in self.float32:
-            tower = {"image": _VisionTower, "text": _TextTower}[kind](self.model)
+            tower = _Tower(self.model, kind)
             if any(p.dtype != torch.float32 for p in tower.parameters()):
                 tower = copy.deepcopy(tower).float()
             self.float32[kind] = tower.eval()
@@ -189,17 +186,6 @@ def find_under(root: str | Path, model_id: str) -> Path | None:
     found = sorted(exact, key=lambda p: len(str(p))) or sorted(by_name, key=lambda p: len(str(p)))
     return found[0] if found else None
 
-
-def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
-    """True when the Hugging Face hub answers a TCP connect within `timeout` seconds and
-    offline mode (HF_HUB_OFFLINE) is not set."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        with socket.create_connection(HUB_HOST, timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def looks_like_path(value: str) -> bool:
@@ -570,39 +556,29 @@ def find_cached(key: str, output_dir: str, input_root: str) -> Path | None:
     return hits[0] if hits else None
 
 
-class _TextTower(torch.nn.Module):
-    """get_text_features as a module holding only the text weights (CLIP: text_model +
-    text_projection; SigLIP: text_model, whose head pools), for a float32 copy that leaves
-    the vision tower out. Models without `text_model` are wrapped whole."""
+class _Tower(torch.nn.Module):
+    """get_image_features ("image") or get_text_features ("text") as a module holding only
+    that tower's weights (CLIP: vision_model + visual_projection / text_model +
+    text_projection; SigLIP: the tower alone, whose head pools), so a copy per GPU or a
+    float32 copy does not carry the other tower. Models without it are wrapped whole."""
 
-    def __init__(self, model: Any):
+    PARTS = {"image": ("vision_model", "visual_projection", "get_image_features"),
+             "text": ("text_model", "text_projection", "get_text_features")}
+
+    def __init__(self, model: Any, kind: str = "image"):
         super().__init__()
-        self.text = getattr(model, "text_model", None)
-        self.projection = getattr(model, "text_projection", None)
-        self.whole = model if self.text is None else None
+        tower, projection, self.method = self.PARTS[kind]
+        self.tower = getattr(model, tower, None)
+        self.projection = getattr(model, projection, None)
+        self.whole = model if self.tower is None else None
 
-    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor | None = None, **inputs: torch.Tensor
+                ) -> torch.Tensor:
+        if pixel_values is not None:  # the image tower takes its batch positionally too
+            inputs["pixel_values"] = pixel_values
         if self.whole is not None:
-            return as_embedding(self.whole.get_text_features(**batch))
-        pooled = self.text(**batch).pooler_output
-        return pooled if self.projection is None else self.projection(pooled)
-
-
-class _VisionTower(torch.nn.Module):
-    """get_image_features as a module holding only the vision weights (CLIP: vision_model +
-    visual_projection; SigLIP: vision_model, whose head pools), so a copy per GPU does not
-    carry the text tower. Models without `vision_model` are wrapped whole."""
-
-    def __init__(self, model: Any):
-        super().__init__()
-        self.vision = getattr(model, "vision_model", None)
-        self.projection = getattr(model, "visual_projection", None)
-        self.whole = model if self.vision is None else None
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if self.whole is not None:
-            return as_embedding(self.whole.get_image_features(pixel_values=pixel_values))
-        pooled = self.vision(pixel_values=pixel_values).pooler_output
+            return as_embedding(getattr(self.whole, self.method)(**inputs))
+        pooled = self.tower(**inputs).pooler_output
         return pooled if self.projection is None else self.projection(pooled)
 
 
@@ -695,7 +671,7 @@ def _embedding_forward(itm: ImageTextModel, rt: Any, desc: str):
     """The forward for run_images: {"emb": (views, d)} from the vision tower under the
     runtime's autocast (on every visible GPU); a batch with a NaN / inf embedding (fp16
     overflow) is computed again by the float32 tower (on rt.device), without autocast."""
-    tower = _VisionTower(itm.model).to(rt.device).eval()
+    tower = _Tower(itm.model, "image").to(rt.device).eval()
     if rt.device.type == "cuda" and torch.cuda.device_count() > 1:
         tower = spread_over_gpus(tower, torch.cuda.device_count())  # T4 x2: one process
     recomputed = [0]
