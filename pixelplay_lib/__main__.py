@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
@@ -152,13 +153,16 @@ def add_demo_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-per-class", type=int, default=48)
     parser.add_argument("--n-test", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="processes drawing the images (the same files for any number)")
 
 
 def run_demo_data(args: dict[str, Any], argv: list[str]) -> int:
     from .demo import write_demo_dataset
 
     root = write_demo_dataset(Path(args["out"]), train_per_class=args["train_per_class"],
-                              n_test=args["n_test"], seed=args["seed"])
+                              n_test=args["n_test"], seed=args["seed"],
+                              workers=args["workers"])
     print(f"demo data written: {root} (answer key: {Path(args['out']) / 'answer_key.csv'})")
     return 0
 

@@ -20,6 +20,7 @@ photos. Everything is deterministic for a given ``seed``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import io
 import math
@@ -447,6 +448,13 @@ def _make_odd(path: Path, kind: str) -> None:
 _Save = Callable[[int, int, int, Path], None]
 
 
+def _draw(job: tuple[dict[str, float], tuple[int, int, int], tuple[int, int], Path]) -> None:
+    """One image: (class strengths, RNG key (seed, stream, number), width range, path)."""
+    att, key, width, path = job
+    r = np.random.default_rng(key)  # own stream: images independent of order
+    render(att, r, _size(r, width)).save(path, "JPEG", quality=JPEG_QUALITY)
+
+
 def _write_class_files(root: Path, classes: list[str], predicates: list[str],
                        matrix: np.ndarray) -> None:
     """classes.txt, predicates.txt and the continuous and binary predicate matrices."""
@@ -527,6 +535,7 @@ def write_demo_dataset(
     width: tuple[int, int] = (72, 128),
     seed: int = 0,
     odd_files: bool = True,
+    workers: int = 1,
 ) -> Path:
     """Write a synthetic Pixel Play'25 dataset under ``out``; return the competition root.
 
@@ -538,6 +547,7 @@ def write_demo_dataset(
     holds the test labels; with ``odd_files`` a few files are made odd (grayscale, CMYK,
     PNG/GIF under a .jpg name, RGBA, 16-bit, EXIF-rotated, truncated, empty, junk files)
     and listed in ``out/odd_files.txt`` as ``<path relative to out>\\t<kind>``.
+    ``workers`` > 1 draws the images in that many processes (the same files).
     """
     out = Path(out)
     root = out / "vlg-dataset" / "vlg-dataset"
@@ -557,14 +567,21 @@ def write_demo_dataset(
     ]).astype(int)
     rng.shuffle(test_labels)
 
+    jobs: list[tuple] = []  # the images are drawn after the folders and lists are written
+
     def save(ci: int, stream: int, k: int, path: Path) -> None:
-        r = np.random.default_rng([seed, stream, k])  # own stream: images independent of order
-        render(class_strengths[ci], r, _size(r, width)).save(path, "JPEG", quality=JPEG_QUALITY)
+        jobs.append((class_strengths[ci], (seed, stream, k), width, path))
 
     train_files = _write_train(root, classes, seen, counts, save)
     _write_test(out, root, classes, test_labels, save)
     special = out / "vlg-dataset" / "Special-Package" / "Special-Package"
     _write_special(special, classes, rng.choice(len(classes), N_SPECIAL), save)
+    if workers > 1:  # each image has its own RNG stream: the same files in any order
+        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_draw, jobs, chunksize=32))
+    else:
+        for job in jobs:
+            _draw(job)
     odd = _make_odd_files(root, train_files, rng, n_test) if odd_files else []
     with open(out / "odd_files.txt", "w") as f:
         f.writelines(f"{p.relative_to(out).as_posix()}\t{k}\n" for p, k in odd)

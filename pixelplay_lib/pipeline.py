@@ -22,6 +22,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 
 import numpy as np
 import torch
@@ -424,10 +425,19 @@ def worker_settings(dataset: Views, batches, workers: int) -> dict:
 
 
 def _ignore_interrupts(worker_id: int) -> None:
-    """In each loader worker: Ctrl-C is the main process's to handle. A terminal sends SIGINT
-    to every process of the job; a worker dying of it would end the epoch that training
-    means to finish with a checkpoint (train.StopFlag). The main process stops the workers."""
+    """In each loader worker: Ctrl-C and the first SIGTERM are the main process's to handle.
+    A terminal sends SIGINT, and Jupyter (jupyter_client's killpg), `kill -- -PGID` or a
+    job runner send SIGTERM, to every process of the group; a worker dying of it would end
+    the epoch that training means to finish with a checkpoint (train.StopFlag: "DataLoader
+    worker ... killed by signal: Terminated" instead). The main process stops the workers;
+    a second SIGTERM (the DataLoader or multiprocessing ending a worker that did not exit)
+    kills as usual."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _first_sigterm)
+
+
+def _first_sigterm(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def worker_out_of_shm(error: BaseException) -> bool:

@@ -149,9 +149,10 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 def test_deterministic_for_a_seed(tmp_path):
+    """The same seed gives the same bytes, drawn in one process or in several."""
     kw = {"train_per_class": 2, "n_test": 20}
     write_demo_dataset(tmp_path / "a", seed=3, **kw)
-    write_demo_dataset(tmp_path / "b", seed=3, **kw)
+    write_demo_dataset(tmp_path / "b", seed=3, workers=2, **kw)
     write_demo_dataset(tmp_path / "c", seed=4, **kw)
     a, b, c = (_tree(tmp_path / x) for x in "abc")
     assert a == b

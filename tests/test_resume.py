@@ -156,17 +156,26 @@ def test_time_limit_stops_cleanly_and_resumes(demo_dir, tmp_path, reference):
     assert_identical(final_state(out), reference)
 
 
-def test_sigterm_stops_cleanly_with_a_checkpoint(demo_dir, tmp_path):
+@pytest.mark.parametrize("workers, group", [("0", False), ("2", True)])
+def test_sigterm_stops_cleanly_with_a_checkpoint(demo_dir, tmp_path, workers, group):
+    """SIGTERM to the trainer alone, or to its whole process group (Jupyter's shutdown,
+    `kill -- -PGID`): the loader workers must not die of it; the trainer checkpoints."""
     out = tmp_path / "term"
     proc = subprocess.Popen([sys.executable, "-m", "pixelplay_lib",
-                             *train_args(demo_dir, out, "--num-workers", "0", "--epochs", "50")],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             *train_args(demo_dir, out, "--num-workers", workers, "--epochs",
+                                         "50")],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     deadline = time.monotonic() + 120
     while not list_checkpoints(out) and time.monotonic() < deadline:
         time.sleep(0.2)  # wait for the end of the first epoch
-    proc.send_signal(signal.SIGTERM)
-    stdout, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0
+    if group:
+        time.sleep(0.5)  # into the next epoch: its loader workers are running
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
     assert "stopped by SIGTERM" in stdout
     assert progress_of(list_checkpoints(out)[0]) >= (1, 0)
 
