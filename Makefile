@@ -27,8 +27,11 @@ demo: $(STAMP) ## generate demo data, train on CPU, fit the fusion, predict, sco
 	$(PY) -m pixelplay_lib predict --data-root $(DEMO) --output-dir $(DEMO_OUT) --overwrite true
 	$(PY) -m pixelplay_lib score --submission $(DEMO_OUT)/submission.csv --answers $(DEMO)/answer_key.csv --data-root $(DEMO)
 
+# Two test processes (pytest-xdist), a file each at a time, the longest files first
+# (tests/conftest.py): on 2 cores the suite takes about half the serial time (README).
+TEST_WORKERS ?= 2
 test: $(STAMP) ## the whole test suite, CPU only, no network
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The .py is the source: the .ipynb is written from it, never the reverse. An .ipynb that is
 # newer and differs (Jupyter autosave, git checkout) stops it with what to keep and how.

@@ -576,6 +576,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sim-regimes", default="balanced,unseen-harder,text-at-ceiling",
                     help="d: regimes of experts/simulate.py (comma list)")
     ap.add_argument("--sim-seeds", type=int, default=1, help="d: seeds per regime")
+    ap.add_argument("--sim-random", type=int, default=0,
+                    help="d: also regimes random-0 .. random-<N-1> (simulate.random_regime), "
+                         "one seed each")
     ap.add_argument("--vl-models", default="auto", help="e: comma list of "
                     f"{', '.join(bench_vl.SPECS)} (auto: CUDA siglip-so400m,clip-vit-l14; "
                     "CPU siglip-tiny)")
@@ -654,7 +657,8 @@ def main(argv: list[str] | None = None) -> int:
             res["f"] = bench_shared_trunk(args, rt)
         if "d" in args.only:
             say(f"(d) fusion on the simulated challenge's arrays: {args.sim_regimes}")
-            res["d"] = bench_vl.bench_protocol(args.sim_regimes.split(","), args.sim_seeds)
+            res["d"] = bench_vl.bench_protocol(args.sim_regimes.split(","), args.sim_seeds,
+                                               args.sim_random)
         if "e" in args.only:
             res["e"] = bench_embedding_rows(args, ch, rt, workers, res, work / "vl")
     finally:

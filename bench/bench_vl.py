@@ -46,28 +46,29 @@ def best_gamma_accuracy(state: fusion.FusionState, run: Any, truth: np.ndarray) 
     return max(float((fusion.decide(fused, run.seen, g) == truth).mean()) for g in cuts[::2])
 
 
-def bench_protocol(regimes: list[str], seeds: int) -> dict[str, Any]:
-    """Row d: arrays.fit + arrays.apply on the simulated challenge, per regime and seed:
-    wall / CPU seconds, the accuracy of the fused rule, of text alone at gamma 0 (the first
-    place's rule), of the chosen weights at the test-optimal gamma, and the estimate."""
+def bench_protocol(regimes: list[str], seeds: int, random: int = 0) -> dict[str, Any]:
+    """Row d: arrays.fit + arrays.apply on the simulated challenge, per regime and seed
+    (and `random` regimes random-<i>, seed i): wall / CPU seconds, the accuracy of the fused
+    rule, of text alone at gamma 0 (the first place's rule), of the chosen weights at the
+    test-optimal gamma, and the estimate."""
     runs = []
-    for regime in regimes:
-        for seed in range(seeds):
-            sim = simulate.simulate(regime, seed)
-            run = sim.to_arrays()
-            t, cpu = time.perf_counter(), time.process_time()
-            state = arrays.fit(run, run.available())
-            pred, alone = arrays.apply(state, run, "test")
-            wall, cpu = time.perf_counter() - t, time.process_time() - cpu
-            truth = sim.test_labels
-            chosen = state.report["test_pool"]["chosen"]
-            runs.append({"regime": regime, "seed": seed, "seconds": wall, "cpu_seconds": cpu,
-                         "fused": float((pred == truth).mean()),
-                         "text_only": float((alone["text"] == truth).mean()),
-                         "best_gamma": best_gamma_accuracy(state, run, truth),
-                         "estimate": chosen["acc"], "interval": list(chosen["interval"]),
-                         "rule": chosen["name"], "protocol_estimate":
-                         state.report["protocol"]["fusion"]["acc"]})
+    worlds = [(r, s) for r in regimes if r for s in range(seeds)]
+    for regime, seed in worlds + [(f"random-{i}", i) for i in range(random)]:
+        sim = simulate.simulate(regime, seed)
+        run = sim.to_arrays()
+        t, cpu = time.perf_counter(), time.process_time()
+        state = arrays.fit(run, run.available())
+        pred, alone = arrays.apply(state, run, "test")
+        wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+        truth = sim.test_labels
+        chosen = state.report["test_pool"]["chosen"]
+        runs.append({"regime": regime, "seed": seed, "seconds": wall, "cpu_seconds": cpu,
+                     "fused": float((pred == truth).mean()),
+                     "text_only": float((alone["text"] == truth).mean()),
+                     "best_gamma": best_gamma_accuracy(state, run, truth),
+                     "estimate": chosen["acc"], "interval": list(chosen["interval"]),
+                     "rule": chosen["name"], "protocol_estimate":
+                     state.report["protocol"]["fusion"]["acc"]})
     return {"synthetic": True, "threads": torch.get_num_threads(), "runs": runs,
             "sizes": {"test": 3000, "dim": 768, "classes": 50, "seen": 40}}
 

@@ -93,7 +93,10 @@ def test_fuse_from_saved_arrays_through_the_cli(sim, saved) -> None:
     assert test["protocol_gamma"] == report["protocol"]["fusion"]["gamma"]
     lo, hi = test["chosen"]["interval"]
     assert lo <= test["chosen"]["acc"] <= hi
-    assert {"text", "text, gamma 0", "fused"} <= set(test["candidates"])
+    # text alone only as the first place's rule: an offset chosen for it by the estimate
+    # lost up to 0.8 point to gamma 0 on random simulated regimes
+    assert {"text, gamma 0", "fused"} <= set(test["candidates"])
+    assert "text" not in test["candidates"]
     special = pd.read_csv(saved / "clip-probe.special.csv", index_col=0)
     assert {"fusion", "text", "probe"} <= set(special.columns)
     summary = json.loads((saved / "clip-probe.summary.json").read_text())

@@ -705,17 +705,17 @@ def report_lines(state: FusionState) -> list[str]:
     test = state.report.get("test_pool")
     if test and "candidates" in test:
         pi = test["unseen_share"]
-        lines.append(f"test pool: unseen share estimated {pi['estimate']:.3f}, predicted "
-                     f"{pi['predicted']:.3f}")
+        lines.append(f"test pool: unseen share estimated {pi['estimate']:.3f} (+-"
+                     f"{pi['se']:.3f}), predicted {pi['predicted']:.3f}")
         lines.append("test-pool estimate              acc   seen  unseen  gamma  unseen%")
         for name, r in test["candidates"].items():
             lines.append(f"{name:28s} {r['acc']:.3f}  {r['seen']:.3f}  {r['unseen']:.3f}  "
                          f"{r['gamma']:+6.2f}  {100 * r['predicted_unseen_share']:5.1f}")
         c, guard = test["chosen"], test["guard"]
         lines.append(f"chosen: {c['name']} (estimate {c['acc']:.3f}, 90% interval "
-                     f"{c['interval'][0]:.3f}-{c['interval'][1]:.3f}; the fusion needed "
-                     f"+{guard['needed']:.3f} over {guard['best_single']}, had "
-                     f"{guard['gain']:+.3f})")
+                     f"{c['interval'][0]:.3f}-{c['interval'][1]:.3f}; {guard['candidate']} "
+                     f"needed +{guard['needed']:.3f} over {guard['incumbent']}, had "
+                     f"{guard['gain_worst']:+.3f} at worst)")
     elif test:
         lines.append(f"test pool: {test['skipped']}")
     weights = ", ".join(f"{n} {w:g}" for n, w in zip(state.names, state.weights, strict=True))
