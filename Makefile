@@ -28,7 +28,7 @@ demo: $(STAMP) ## generate demo data, train on CPU, fit the fusion, predict, sco
 	$(PY) -m pixelplay_lib score --submission $(DEMO_OUT)/submission.csv --answers $(DEMO)/answer_key.csv --data-root $(DEMO)
 
 # Two test processes (pytest-xdist), a file each at a time, the longest files first
-# (tests/conftest.py): on 2 cores the suite takes about half the serial time (README).
+# (tests/conftest.py): on 2 cores, less than half the time of one process (README).
 TEST_WORKERS ?= 2
 test: $(STAMP) ## the whole test suite, CPU only, no network
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder

@@ -121,8 +121,9 @@ def random_regime(i: int) -> Regime:
 
 def regime_named(name: str) -> Regime:
     """A regime of REGIMES, or "random-<i>" (random_regime). Raises KeyError naming both."""
-    if name.startswith("random-") and name[7:].isdigit():
-        return random_regime(int(name[7:]))
+    number = name.removeprefix("random-")
+    if number != name and number.isdigit():
+        return random_regime(int(number))
     if name not in REGIMES:
         raise KeyError(f"unknown regime {name!r}: one of {', '.join(REGIMES)}, or random-<i>")
     return REGIMES[name]

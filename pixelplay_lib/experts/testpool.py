@@ -340,7 +340,7 @@ def bootstrap_interval(pools: Pools, w: Sequence[float], gamma: float,
         sub_extra = None if extra is None else (extra[0][rows], extra[1])
         pi = detector_share(sub, w)[0]
         sw = sweep(sub, w, sub_extra)
-        k = min(int(np.searchsorted(sw.gammas, gamma)), len(sw.gammas) - 1)
+        k = sw.index(gamma)
         values.append(sw.estimate(pi)[k])
     return float(np.percentile(values, 5)), float(np.percentile(values, 50)), \
         float(np.percentile(values, 95))
