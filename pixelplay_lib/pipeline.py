@@ -17,12 +17,10 @@ import logging
 import multiprocessing
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import FrameType
 
 import numpy as np
 import torch
@@ -274,18 +272,24 @@ class Views(Dataset):
 def collate(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
     """Views items -> (uint8 views stacked, labels, indices, [(index, error)]).
 
-    The views are stacked by torch's default_collate, which in a loader worker writes them
-    straight into shared memory: one copy less, and when /dev/shm is full the error is
-    raised here and reaches the main process. (A batch stacked in ordinary memory is moved
-    there later by the queue's feeder thread, which only prints such an error and drops the
-    batch: the main process then waits for it forever.)"""
+    In a loader worker every tensor of the batch is put in shared memory here, so that when
+    /dev/shm is full the error is raised here and reaches the main process. (A tensor left
+    in ordinary memory, even a 128-byte label vector, is moved there later by the queue's
+    feeder thread, which only prints such an error and drops the batch: the main process
+    then waits for it forever. tests/test_shm.py reproduces both.) The views are stacked by
+    torch's default_collate, which in a worker writes them straight into shared memory."""
     good = [it for it in items if it[0] is not None]
     failed = [(it[2], it[3]) for it in items if it[3] is not None]
     if not good:
-        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), \
-            torch.empty(0, dtype=torch.long), failed
-    return (torch.utils.data.default_collate([it[0] for it in good]),
-            torch.tensor([it[1] for it in good]), torch.tensor([it[2] for it in good]), failed)
+        views = torch.empty(0, dtype=torch.uint8)
+        labels, indices = torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    else:
+        views = torch.utils.data.default_collate([it[0] for it in good])
+        labels = torch.tensor([it[1] for it in good])
+        indices = torch.tensor([it[2] for it in good])
+    if torch.utils.data.get_worker_info() is not None:  # no-op for views stacked there
+        views, labels, indices = (t.share_memory_() for t in (views, labels, indices))
+    return views, labels, indices, failed
 
 
 def epoch_order(n: int, epoch: int, seed: int) -> np.ndarray:
@@ -421,23 +425,20 @@ def worker_settings(dataset: Views, batches, workers: int) -> dict:
         _shm_warned.add(key)
         log.warning("WARNING: %s", warning)
     return {"num_workers": chosen, "prefetch_factor": prefetch,
-            "worker_init_fn": _ignore_interrupts if chosen else None}
+            "worker_init_fn": _own_process_group if chosen else None}
 
 
-def _ignore_interrupts(worker_id: int) -> None:
-    """In each loader worker: Ctrl-C and the first SIGTERM are the main process's to handle.
-    A terminal sends SIGINT, and Jupyter (jupyter_client's killpg), `kill -- -PGID` or a
-    job runner send SIGTERM, to every process of the group; a worker dying of it would end
-    the epoch that training means to finish with a checkpoint (train.StopFlag: "DataLoader
-    worker ... killed by signal: Terminated" instead). The main process stops the workers;
-    a second SIGTERM (the DataLoader or multiprocessing ending a worker that did not exit)
-    kills as usual."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _first_sigterm)
-
-
-def _first_sigterm(signum: int, frame: FrameType | None) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def _own_process_group(worker_id: int) -> None:
+    """In each loader worker: leave the trainer's process group. A terminal's Ctrl-C
+    (SIGINT) and Jupyter's shutdown (jupyter_client's killpg), `kill -- -PGID` or a job
+    runner (SIGTERM) signal every process of the group; a worker dying of it would end the
+    epoch that training means to finish with a checkpoint (train.StopFlag) with "DataLoader
+    worker ... killed by signal" instead. Out of the group a worker hears only its own
+    process: the DataLoader stops it when done, multiprocessing's terminate() at exit, and
+    torch's watchdog ends it within 5 s of a trainer killed outright. (Ignoring the first
+    SIGTERM instead, as the previous release did, swallowed that terminate(): a process
+    exiting with a live worker, after an error say, waited for it forever.)"""
+    os.setpgid(0, 0)
 
 
 def worker_out_of_shm(error: BaseException) -> bool:

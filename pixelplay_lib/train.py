@@ -9,6 +9,7 @@ checkpoint ends bit-identical (on CPU) to one that never stopped.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -400,9 +401,10 @@ class Run:
                             "(num_workers=0, slower). Fix: more shared memory (docker run "
                             "--shm-size=2g) or fewer --num-workers.", self.progress.epoch + 1,
                             self.progress.step, str(e).strip().splitlines()[-1])
-                self.workers = 0
-                self.loader = make_loader(self.loader.dataset, self.sampler, 0,
-                                          self.loader.pin_memory)
+            self.workers = 0
+            self.loader = make_loader(self.loader.dataset, self.sampler, 0,
+                                      self.loader.pin_memory)
+            gc.collect()  # the failed loader's workers end now: a cycle through the error held it
 
     def train_epoch(self, stop: StopFlag) -> bool:
         """The recipe's steps for the rest of one epoch; False when asked to stop."""

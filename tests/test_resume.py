@@ -180,6 +180,37 @@ def test_sigterm_stops_cleanly_with_a_checkpoint(demo_dir, tmp_path, workers, gr
     assert progress_of(list_checkpoints(out)[0]) >= (1, 0)
 
 
+# A process holding a training loader with live workers, then ending: the loader's pipeline
+# settings (worker_settings: fewer workers when /dev/shm is short, its worker_init_fn).
+ENDING_SCRIPT = """
+import sys, numpy as np
+from pixelplay_lib.pipeline import EpochBatches, Views, make_loader
+class Pixels:
+    errors = {}
+    def __len__(self): return 64
+    def get(self, i): return np.full((40, 40, 3), i, dtype=np.uint8)
+loader = make_loader(Views(Pixels(), [0] * 64, 32, "train", seed=0),
+                     EpochBatches(range(64), 4, seed=0), 2, pin=False)
+assert loader.num_workers == 2
+batches = iter(loader)
+next(batches)
+if sys.argv[1] == "error":
+    raise RuntimeError("an error mid-epoch")
+"""
+
+
+@pytest.mark.parametrize("ending", ["error", "done"])
+def test_a_process_ending_mid_epoch_does_not_wait_for_its_loader_workers(ending):
+    """An error mid-epoch, or an exit with the epoch's iterator still held (the persistent
+    workers after a shared-memory fallback): multiprocessing terminates the workers at exit
+    and waits for them. Workers that ignored that SIGTERM (the previous release's way to
+    survive a process-group SIGTERM) kept the process waiting forever (a CI run hung)."""
+    done = subprocess.run([sys.executable, "-c", ENDING_SCRIPT, ending], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == (1 if ending == "error" else 0), done.stderr[-2000:]
+    assert ("an error mid-epoch" in done.stderr) == (ending == "error")
+
+
 def test_resumes_from_an_earlier_run_attached_as_input(demo_dir, tmp_path, reference):
     """On Kaggle a previous kernel version's output appears under /kaggle/input; the new
     version re-saves what it resumed from at once (its own output continues the chain)."""

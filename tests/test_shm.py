@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import REPO
 
 from pixelplay_lib import pipeline
@@ -125,3 +126,64 @@ def test_workers_failing_mid_epoch_hand_over_to_the_main_process(demo_dir, tmp_p
     assert "shared memory" in done.stdout.split("ran out of shared memory", 1)[1]
     assert "going on with images loaded in the main process" in done.stdout
     assert (tmp_path / "run" / "model.pt").is_file()
+
+
+def shared_in_worker(items: list) -> list[bool]:
+    """collate in a loader worker, answering which of its tensors are in shared memory."""
+    return [t.is_shared() for t in pipeline.collate(items)[:3]]
+
+
+class ItemsOrFailures(torch.utils.data.Dataset):
+    """Views items: a 4-byte view for even indices, a decoding failure for odd ones."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> tuple:
+        return (torch.zeros(4, dtype=torch.uint8), 1, i, None) if i % 2 == 0 else \
+            (None, 1, i, "truncated file")
+
+
+@pytest.mark.parametrize("batch", [[0, 2], [1, 3]], ids=["images", "all-failed"])
+def test_every_tensor_leaves_the_worker_in_shared_memory(batch):
+    """What the queue's feeder thread would otherwise copy there, out of reach of the error
+    handling (below)."""
+    loader = torch.utils.data.DataLoader(ItemsOrFailures(), batch_sampler=[batch],
+                                         num_workers=1, collate_fn=shared_in_worker)
+    assert list(loader) == [[True, True, True]]
+
+
+# One worker, batches of one uint8 view of n bytes: at some sizes the views fit in the 128 KB
+# tmpfs but the label and index tensors (a page each) do not (36 KB here, 2 cores, torch 2.14).
+FILL_SCRIPT = """
+import gc, torch
+from pixelplay_lib.pipeline import collate, worker_out_of_shm
+class Items(torch.utils.data.Dataset):
+    def __init__(self, n): self.n = n
+    def __len__(self): return 3
+    def __getitem__(self, i): return torch.zeros(self.n, dtype=torch.uint8), 1, i, None
+for n in range(28_000, 44_001, 4_000):
+    loader = torch.utils.data.DataLoader(Items(n), batch_size=1, num_workers=1,
+                                         prefetch_factor=1, collate_fn=collate, timeout=30)
+    try:
+        print(n, "batches", sum(1 for _ in loader), flush=True)
+    except RuntimeError as e:
+        print(n, "out of shared memory" if worker_out_of_shm(e) else repr(e), flush=True)
+    gc.collect()  # the failed loader's batches, held by a traceback cycle: their shm back
+"""
+
+
+@needs_mount
+def test_a_full_shm_reaches_the_main_process_as_an_error_never_a_wait():
+    """Every tensor of a batch goes to shared memory in the worker: whichever allocation
+    fails (the views' or the labels'), the main process gets the error that
+    train_epoch_or_fall_back recovers from. Before, a label vector that did not fit was
+    dropped by the queue's feeder thread and training waited forever (a CI run hung)."""
+    done = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size={SMALL_SHM} "
+                           f"tmpfs /dev/shm && exec '{sys.executable}' -c '{FILL_SCRIPT}'"],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    results = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert len(results) == 5, done.stdout + done.stderr[-2000:]
+    assert results["28000"] == "batches 3"  # fits: nothing to recover from
+    assert set(results.values()) <= {"batches 3", "out of shared memory"}, results
+    assert results["44000"] == "out of shared memory"
