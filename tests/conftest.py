@@ -64,7 +64,13 @@ def tiny_config(data_root, output_dir, **overrides):
     return make_config(**values)
 
 
-def run_cli(*args: str, timeout: float = 600, env: dict | None = None):
+# Seconds before a test gives up on a subprocess or a wait. A guard against hangs only: a
+# busy 2-core machine (a CI neighbour, another pytest worker) ran a 3-minute training for
+# 15 minutes, and nothing here should fail for being slow.
+HANG = 2400
+
+
+def run_cli(*args: str, timeout: float = HANG, env: dict | None = None):
     import subprocess
 
     return subprocess.run([sys.executable, "-m", "pixelplay_lib", *args], cwd=REPO,

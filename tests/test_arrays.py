@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import HANG, run_cli
 
 from pixelplay_lib.experts import arrays, simulate
 
@@ -75,7 +75,7 @@ def test_rows_that_do_not_agree_are_named(saved) -> None:
 
 def test_fuse_from_saved_arrays_through_the_cli(sim, saved) -> None:
     started = time.monotonic()
-    done = run_cli("fuse", "--run-dir", str(saved), "--name", "clip-probe", timeout=900)
+    done = run_cli("fuse", "--run-dir", str(saved), "--name", "clip-probe", timeout=HANG)
     assert done.returncode == 0, done.stderr[-2000:]
     assert time.monotonic() - started < 300  # seconds on a quiet machine; a hang guard
     sub = pd.read_csv(saved / "clip-probe.csv")
@@ -103,10 +103,10 @@ def test_fuse_from_saved_arrays_through_the_cli(sim, saved) -> None:
     assert summary["estimate"]["rule"] == test["chosen"]["name"]
     assert (saved / "clip-probe.check.json").is_file()
     # a second run under the same name refuses to overwrite; another name keeps both
-    again = run_cli("fuse", "--run-dir", str(saved), "--name", "clip-probe", timeout=900)
+    again = run_cli("fuse", "--run-dir", str(saved), "--name", "clip-probe", timeout=HANG)
     assert again.returncode == 2 and "exists" in again.stderr and "--overwrite" in again.stderr
     text = run_cli("fuse", "--run-dir", str(saved), "--name", "text-only", "--experts",
-                   "text", timeout=900)
+                   "text", timeout=HANG)
     assert text.returncode == 0, text.stderr[-2000:]
     assert json.loads((saved / "text-only.fusion.json").read_text())["names"] == ["text"]
 
@@ -117,11 +117,11 @@ def test_fuse_from_saved_arrays_through_the_cli(sim, saved) -> None:
     (("--zs-gamma", "high"), "zs_gamma='high'"),
 ])
 def test_fuse_refuses_bad_values_with_the_field(saved, args, message) -> None:
-    done = run_cli("fuse", "--run-dir", str(saved), "--name", "x", *args, timeout=600)
+    done = run_cli("fuse", "--run-dir", str(saved), "--name", "x", *args, timeout=HANG)
     assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
 
 
 def test_fuse_without_arrays_says_where_they_come_from(tmp_path) -> None:
-    done = run_cli("fuse", "--run-dir", str(tmp_path), timeout=600)
+    done = run_cli("fuse", "--run-dir", str(tmp_path), timeout=HANG)
     assert done.returncode == 2
     assert "no arrays/run.json" in done.stderr and "make kernel-output" in done.stderr

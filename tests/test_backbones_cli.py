@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import HANG, run_cli
 
 from pixelplay_lib.data import load_challenge
 
@@ -45,7 +45,7 @@ def test_efficientnet_v2_s_last_2_with_logit_adjustment(demo_root, tmp_path):
     out = tmp_path / "run"
     done = run_cli("train", *common(demo_root, out, tmp_path),
                    *tiny_training("efficientnet_v2_s", "last:2"),
-                   "--loss-balance", "logit_adjust", timeout=900)
+                   "--loss-balance", "logit_adjust", timeout=HANG)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "loss_balance=logit_adjust: training logits + log(class prior)" in done.stdout
     config = json.loads((out / "config.json").read_text())
@@ -63,12 +63,12 @@ def test_efficientnet_v2_s_last_2_with_logit_adjustment(demo_root, tmp_path):
 def test_timm_convnext_trains_and_predicts_from_the_cli(demo_root, tmp_path):
     out = tmp_path / "run"
     args = common(demo_root, out, tmp_path)
-    done = run_cli("train", *args, *tiny_training("timm:convnext_atto", "last:1"), timeout=900)
+    done = run_cli("train", *args, *tiny_training("timm:convnext_atto", "last:1"), timeout=HANG)
     assert done.returncode == 0, done.stderr[-3000:]
     blocks = {".".join(k.split(".")[:3]) for k in trained_parameters(out)}
     assert blocks == {"body.stages.3", "body.head.norm", "head.weight", "head.bias",
                       "attr_head.weight", "attr_head.bias"}, blocks
-    done = run_cli("predict", *args, timeout=900)
+    done = run_cli("predict", *args, timeout=HANG)
     assert done.returncode == 0, done.stderr[-3000:]
     with open(out / "submission.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import HANG, run_cli
 
 from pixelplay_lib.__main__ import COMMANDS, StrictParser, build_parser
 from pixelplay_lib.config import PREDICT_FIELDS
@@ -19,7 +19,7 @@ from pixelplay_lib.config import PREDICT_FIELDS
     ("score", ["--submision", "s.csv"], "--submission"),  # named before "--submission required"
 ])
 def test_an_unknown_flag_stops_with_the_closest_ones(command, given, suggested):
-    done = run_cli(command, *given, timeout=120)
+    done = run_cli(command, *given, timeout=HANG)
     assert done.returncode == 2
     assert f"unknown flag {given[0]} (did you mean {suggested}" in done.stderr, done.stderr
     assert f"`python -m pixelplay_lib {command} --help` lists every flag" in done.stderr
@@ -37,7 +37,7 @@ def test_every_subcommand_parses_strictly():
 
 
 def test_predict_help_names_exactly_the_flags_that_apply():
-    done = run_cli("predict", "--help", timeout=120)
+    done = run_cli("predict", "--help", timeout=HANG)
     text = " ".join(done.stdout.split())  # argparse wraps lines
     applies = ", ".join("--" + f.replace("_", "-") for f in PREDICT_FIELDS)
     assert f"Of the flags below only these apply: {applies}." in text

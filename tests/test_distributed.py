@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import HANG, REPO, run_cli
 from spawn_driver import alive, descendants, wait_until
 
 from pixelplay_lib.checkpoint import list_checkpoints, load_file, progress_of
@@ -147,7 +147,7 @@ def test_spawn_meets_on_a_free_port(tmp_path, mode):
     while the earlier run's workers live on: accelerate #74). race: the port is taken
     between spawn's check and rank 0's listen: EADDRINUSE, and spawn starts again."""
     proc = drive(mode, tmp_path)
-    stdout, stderr = proc.communicate(timeout=300)
+    stdout, stderr = proc.communicate(timeout=HANG)
     assert proc.returncode == 0, stderr[-3000:]
     records = rank_records(tmp_path)
     assert [r["sum"] for r in records] == [3.0, 3.0]  # the all_reduce met both ranks
@@ -177,7 +177,7 @@ def test_spawn_leaves_no_process_behind(tmp_path, mode, poke, expected):
     if poke is not None:
         assert all(alive(p) for p in pids)
         os.kill(proc.pid, poke)  # the parent only, as a notebook kernel gets it
-    stdout, stderr = proc.communicate(timeout=120)
+    stdout, stderr = proc.communicate(timeout=HANG)
     assert proc.returncode != 0 and "spawn returned" not in stdout
     assert expected in stderr, stderr[-2000:]
     assert not [p for p in pids if alive(p)]
@@ -204,15 +204,15 @@ def test_ctrl_c_under_torchrun(demo_dir, tmp_path, presses):
     exit 130, the newest checkpoint intact. Either way no process of the launch survives."""
     out = tmp_path / "run"
     proc, stdout, stderr = start_cli(*args(demo_dir, out, "2", epochs=50))
-    wait_until(lambda: list_checkpoints(out) or proc.poll() is not None, 300, "epoch 1")
+    wait_until(lambda: list_checkpoints(out) or proc.poll() is not None, HANG, "epoch 1")
     tree = descendants(proc.pid)
     assert len(tree) >= 3, "torchrun's agent and 2 workers"
     os.killpg(proc.pid, signal.SIGINT)
     if presses == 2:
-        wait_until(lambda: any("Ctrl-C again stops them at once" in e for e in stderr), 30,
+        wait_until(lambda: any("Ctrl-C again stops them at once" in e for e in stderr), HANG,
                    "the first Ctrl-C's message")
         os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout=180)
+    proc.wait(timeout=HANG)
     text = "".join(stdout) + "".join(stderr)
     assert not [p for p in tree if alive(p)]
     newest = list_checkpoints(out)[0]

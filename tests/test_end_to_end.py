@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import HANG, run_cli
 
 from pixelplay_lib.demo import write_demo_dataset
 
@@ -36,7 +36,7 @@ def data(tmp_path_factory) -> Path:
 def trained(data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("e2e-run")
     done = run_cli("train", "--data-root", str(data), "--output-dir", str(out), *TRAIN,
-                   "--input-root", str(out / "none"), timeout=900)
+                   "--input-root", str(out / "none"), timeout=HANG)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -135,7 +135,7 @@ def test_bad_files_without_the_cache_are_skipped_not_retried(demo_dir, tmp_path)
     done = run_cli("train", "--data-root", str(demo_dir), "--output-dir", str(out),
                    "--preset", "demo", "--image-size", "32", "--epochs", "1", "--cache",
                    "false", "--num-workers", "2", "--zero-shot", "off", "--input-root",
-                   str(tmp_path / "none"), timeout=300)
+                   str(tmp_path / "none"), timeout=HANG)
     assert done.returncode == 0, done.stderr[-2000:]
     unreadable = json.loads((out / "summary.json").read_text())["unreadable"]
     assert sorted(Path(p).parent.name for p in unreadable) == ["deer", "hamster"]
@@ -212,7 +212,7 @@ def test_a_missing_image_text_model_is_one_clear_error(demo_dir, tmp_path):
     out = tmp_path / "run"
     done = run_cli("train", "--data-root", str(demo_dir), "--output-dir", str(out),
                    "--input-root", str(tmp_path), "--experts", "text,probe", "--vl-model",
-                   "nobody/no-such-model", timeout=120)
+                   "nobody/no-such-model", timeout=HANG)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "nobody/no-such-model" in done.stderr and str(tmp_path) in done.stderr
 

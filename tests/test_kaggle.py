@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import load_kaggle_ops  # noqa: E402
+from conftest import HANG, load_kaggle_ops  # noqa: E402
 from kaggle_server import (  # noqa: E402
     DATASET_STATUS,
     Answer,
@@ -108,7 +108,7 @@ class Sandbox:
         path.write_text(json.dumps({"username": username, "key": key}))
         path.chmod(0o600)
 
-    def make(self, target: str, *assignments: str, timeout: float = 120,
+    def make(self, target: str, *assignments: str, timeout: float = HANG,
              **env: str) -> subprocess.CompletedProcess:
         cmd = [
             "make", "--no-print-directory", "-C", str(REPO),
@@ -398,7 +398,7 @@ def test_pushed_parameters_run_under_papermill_without_new_ones(
     params = (f"-p preset demo -p epochs 1 -p data_root {demo_root} -p output_dir {out_dir} "
               f"-p input_root {inputs} -p num_workers 0 -p image_size 32 -p zero_shot off "
               "-p lr_gamma 0.5 -p milestones '[3, 5]' -p tta_votes 1")
-    ok(box.make("push-kernel", "NB=train", "RESUME_FROM=", f"P={params}", timeout=1800))
+    ok(box.make("push-kernel", "NB=train", "RESUME_FROM=", f"P={params}", timeout=HANG))
     pushed = tmp_path / "pushed.ipynb"
     pushed.write_text(fake.one(SAVE).json["text"])
     executed = tmp_path / "executed.ipynb"
@@ -815,12 +815,12 @@ def test_make_clean_keeps_downloaded_kaggle_runs(tmp_path: Path) -> None:
         (tmp_path / name).write_text("x")
     result = subprocess.run(["make", "--no-print-directory", "-C", str(tmp_path), "-f",
                              str(REPO / "Makefile"), "clean"], capture_output=True, text=True,
-                            timeout=120, check=False)
+                            timeout=HANG, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert [n for n in kept if not (tmp_path / n).exists()] == []
     assert [n for n in removed if (tmp_path / n).exists()] == []
     help_text = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "help"],
-                               capture_output=True, text=True, timeout=120).stdout
+                               capture_output=True, text=True, timeout=HANG).stdout
     clean_help = next(line for line in help_text.splitlines() if line.startswith("clean"))
     assert "keeps" in clean_help and "runs/kaggle-*" in clean_help
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import jupytext
 import pytest
 import torch
+from conftest import HANG
 
 from pixelplay_lib import locate
 from pixelplay_lib.data import find_challenge_root
@@ -156,7 +157,7 @@ def run_bootstrap(root: Path, cwd: Path) -> subprocess.CompletedProcess:
     """The cell in a python without site-packages (-S): only what it finds can be imported."""
     return subprocess.run([sys.executable, "-S", "-c", bootstrap_source("infer")], cwd=cwd,
                           env={**os.environ, "PIXELPLAY_INPUT_ROOT": str(root)},
-                          capture_output=True, text=True, timeout=60, check=False)
+                          capture_output=True, text=True, timeout=HANG, check=False)
 
 
 def test_the_three_notebooks_share_one_bootstrap_cell() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import jupytext
 import pandas as pd
 import pytest
+from conftest import HANG
 from PIL import Image
 
 from pixelplay_lib.config import Config
@@ -279,7 +280,7 @@ def test_papermill_values_reach_the_config(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- sync
 def sync(*paths: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "tools" / "sync_notebooks.py"),
-                           *map(str, paths)], capture_output=True, text=True, timeout=120)
+                           *map(str, paths)], capture_output=True, text=True, timeout=HANG)
 
 
 @pytest.fixture
@@ -337,7 +338,7 @@ def test_make_sync_uses_the_py_as_the_source(nb_copy: Path) -> None:
     # -o: never rebuild the venv from inside a test
     result = subprocess.run(["make", "-s", "-o", ".venv/.installed-stamp", "sync",
                              f"NOTEBOOK_DIR={nb_copy}"], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=HANG)
     assert result.returncode != 0 and "explore.ipynb has edits of its own" in result.stderr
     assert (nb_copy / "explore.py").read_bytes() == py_before
 
@@ -348,7 +349,7 @@ def jupytext_sync(folder: Path, path: Path, global_config: Path) -> subprocess.C
     Jupytext configuration (XDG_CONFIG_HOME) that pairs every notebook: the worst case."""
     env = {**os.environ, "XDG_CONFIG_HOME": str(global_config)}
     return subprocess.run([sys.executable, "-m", "jupytext", "--sync", str(path)], cwd=folder,
-                          capture_output=True, text=True, timeout=120, env=env)
+                          capture_output=True, text=True, timeout=HANG, env=env)
 
 
 def py_edit_then_ipynb(nb_copy: Path, name: str, how: str) -> tuple[Path, Path]:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, tiny_config
+from conftest import HANG, run_cli, tiny_config
 
 from pixelplay_lib import preflight
 
@@ -267,7 +267,7 @@ def test_cli_stops_in_seconds_before_any_work(demo_dir: Path, tmp_path: Path,
             str(tmp_path / "none"), "--weights", "none", "--trainable", "all",
             "--num-workers", "0", "--epochs", "1", *flags]
     started = time.monotonic()
-    done = run_cli(*args, timeout=300)
+    done = run_cli(*args, timeout=HANG)
     seconds = time.monotonic() - started
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.startswith("error: train: 1 problem(s) found before starting")

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import nbformat
+from conftest import HANG
 from PIL import Image
 
 from pixelplay_lib.progress import INTERVAL_S
@@ -48,7 +49,7 @@ def redraws(text: str, desc: str) -> int:
 def run_loop(steps: int, sleep: float, stderr) -> tuple[str, float]:
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-c", LOOP.format(steps=steps, sleep=sleep)],
-                            stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=120,
+                            stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=HANG,
                             cwd=REPO)
     assert result.returncode == 0, result.stderr
     return result.stdout, time.monotonic() - started
@@ -80,7 +81,7 @@ def test_a_terminal_bar_is_interactive() -> None:
         pass
     finally:
         os.close(leader)
-    assert proc.wait(timeout=120) == 0
+    assert proc.wait(timeout=HANG) == 0
     assert proc.stdout.read().decode().strip() == "interactive"
     assert redraws(text.decode(errors="replace"), "epoch 1/1") >= 2
 

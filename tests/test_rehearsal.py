@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import HANG
+
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ["data", "vl-model", "train-killed", "train-resumed", "predict", "fuse"]
 
@@ -17,7 +19,7 @@ PHASES = ["data", "vl-model", "train-killed", "train-resumed", "predict", "fuse"
 def rehearse(out: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "bench" / "rehearsal.py"), "--small",
                            "--out", str(out), "--json", str(out.parent / "copy.json")],
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, text=True, timeout=HANG)
 
 
 def test_small_rehearsal_passes_every_check(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import HANG, REPO, run_cli
 from spawn_driver import wait_until
 
 from pixelplay_lib.checkpoint import list_checkpoints, load_file, load_newest, progress_of
@@ -91,7 +91,7 @@ def test_killed_anywhere_then_resumed_is_bit_identical(demo_dir, tmp_path, refer
         os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its loader workers
         proc.wait()
         kills += 1
-    assert subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=600).returncode == 0
+    assert subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=HANG).returncode == 0
     assert kills >= 2, "the kill schedule missed the training; adjust the delays"
     assert_identical(final_state(out), reference)
 
@@ -104,7 +104,7 @@ def test_corrupt_newest_checkpoint_falls_back(demo_dir, tmp_path, reference):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     wait_until(lambda: [p.name for p in list_checkpoints(out)][:1] == ["ckpt-e0002-s0000000.pt"]
-               or proc.poll() is not None, 300, "epoch 2's checkpoint")
+               or proc.poll() is not None, HANG, "epoch 2's checkpoint")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert len(list_checkpoints(out)) == 2 and not (out / "model.pt").exists()
@@ -174,7 +174,7 @@ def test_sigterm_stops_cleanly_with_a_checkpoint(demo_dir, tmp_path, workers, gr
         os.killpg(proc.pid, signal.SIGTERM)
     else:
         proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
+    stdout, stderr = proc.communicate(timeout=HANG)
     assert proc.returncode == 0, stderr[-2000:]
     assert "stopped by SIGTERM" in stdout
     assert progress_of(list_checkpoints(out)[0]) >= (1, 0)
@@ -206,7 +206,7 @@ def test_a_process_ending_mid_epoch_does_not_wait_for_its_loader_workers(ending)
     and waits for them. Workers that ignored that SIGTERM (the previous release's way to
     survive a process-group SIGTERM) kept the process waiting forever (a CI run hung)."""
     done = subprocess.run([sys.executable, "-c", ENDING_SCRIPT, ending], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HANG)
     assert done.returncode == (1 if ending == "error" else 0), done.stderr[-2000:]
     assert ("an error mid-epoch" in done.stderr) == (ending == "error")
 
@@ -298,10 +298,10 @@ def test_ctrl_c_checkpoints_mid_epoch_and_resumes(demo_dir, tmp_path, reference)
     out = tmp_path / "ctrl-c"
     cli = train_args(demo_dir, out, "--num-workers", "2")
     proc, lines = start_training(*cli)
-    wait_until(lambda: list_checkpoints(out) or proc.poll() is not None, 300, "epoch 1")
+    wait_until(lambda: list_checkpoints(out) or proc.poll() is not None, HANG, "epoch 1")
     time.sleep(0.5)  # into epoch 2
     os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=120) == 0, "".join(lines)[-3000:]
+    assert proc.wait(timeout=HANG) == 0, "".join(lines)[-3000:]
     text = "".join(lines)
     assert "SIGINT: saving a checkpoint and stopping; Ctrl-C again stops at once" in text
     assert "stopped by SIGINT at epoch 2 step" in text and "Run the same command again" in text
@@ -321,13 +321,13 @@ def test_second_ctrl_c_stops_at_once(demo_dir, tmp_path):
     out = tmp_path / "twice"
     proc, lines = start_training(*train_args(demo_dir, out, "--num-workers", "2",
                                              "--image-size", "64"))
-    wait_until(lambda: list_checkpoints(out) or proc.poll() is not None, 300, "epoch 1")
+    wait_until(lambda: list_checkpoints(out) or proc.poll() is not None, HANG, "epoch 1")
     time.sleep(0.5)  # into epoch 2: the stop waits for the step in progress
     os.killpg(proc.pid, signal.SIGINT)
     wait_until(lambda: any("Ctrl-C again stops at once" in line for line in lines)
                or proc.poll() is not None, 60, "the first Ctrl-C's message", poll=0.005)
     os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=120) == 130, "".join(lines)[-3000:]
+    assert proc.wait(timeout=HANG) == 130, "".join(lines)[-3000:]
     text = "".join(lines)
     assert "interrupted. train: run the same command again to resume" in text
     assert "stopped by SIGINT" not in text

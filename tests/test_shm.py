@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import HANG, REPO
 
 from pixelplay_lib import pipeline
 from pixelplay_lib.pipeline import EpochBatches, Views, make_loader, plan_workers
@@ -96,7 +96,7 @@ def train_in_small_shm(data: Path, out: Path, *extra: str, env: str = ""
     script = f"mount -t tmpfs -o size={SMALL_SHM} tmpfs /dev/shm && exec env {env} " \
         + " ".join(f"'{a}'" for a in cli)
     return subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=HANG)
 
 
 @needs_mount
@@ -164,7 +164,7 @@ class Items(torch.utils.data.Dataset):
     def __getitem__(self, i): return torch.zeros(self.n, dtype=torch.uint8), 1, i, None
 for n in range(28_000, 44_001, 4_000):
     loader = torch.utils.data.DataLoader(Items(n), batch_size=1, num_workers=1,
-                                         prefetch_factor=1, collate_fn=collate, timeout=30)
+                                         prefetch_factor=1, collate_fn=collate, timeout=120)
     try:
         print(n, "batches", sum(1 for _ in loader), flush=True)
     except RuntimeError as e:
@@ -181,7 +181,7 @@ def test_a_full_shm_reaches_the_main_process_as_an_error_never_a_wait():
     dropped by the queue's feeder thread and training waited forever (a CI run hung)."""
     done = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size={SMALL_SHM} "
                            f"tmpfs /dev/shm && exec '{sys.executable}' -c '{FILL_SCRIPT}'"],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+                          cwd=REPO, capture_output=True, text=True, timeout=HANG)
     results = dict(line.split(" ", 1) for line in done.stdout.splitlines())
     assert len(results) == 5, done.stdout + done.stderr[-2000:]
     assert results["28000"] == "batches 3"  # fits: nothing to recover from

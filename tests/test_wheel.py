@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import load_kaggle_ops
+from conftest import HANG, load_kaggle_ops
 
 from pixelplay_lib.demo import write_demo_dataset
 
@@ -50,7 +50,7 @@ def kernel_without_pixelplay(tmp: Path, input_root: Path) -> Path:
     """A jupyter kernelspec folder whose kernel can import everything but pixelplay_lib."""
     env_dir = tmp / "kernel-venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True,
-                   timeout=120)
+                   timeout=HANG)
     python = env_dir / "bin" / "python"
     purelib = subprocess.run([str(python), "-c", "import sysconfig; "
                               "print(sysconfig.get_paths()['purelib'])"],
