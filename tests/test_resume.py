@@ -88,7 +88,8 @@ def test_killed_anywhere_then_resumed_is_bit_identical(demo_dir, tmp_path, refer
         time.sleep(rng.uniform(0.0, 0.6))
         if proc.poll() is not None:
             break
-        os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its loader workers
+        os.killpg(proc.pid, signal.SIGKILL)  # the trainer (its loader workers, in their own
+        # process group, end by torch's watchdog within 5 s)
         proc.wait()
         kills += 1
     assert subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=HANG).returncode == 0
@@ -325,7 +326,7 @@ def test_second_ctrl_c_stops_at_once(demo_dir, tmp_path):
     time.sleep(0.5)  # into epoch 2: the stop waits for the step in progress
     os.killpg(proc.pid, signal.SIGINT)
     wait_until(lambda: any("Ctrl-C again stops at once" in line for line in lines)
-               or proc.poll() is not None, 60, "the first Ctrl-C's message", poll=0.005)
+               or proc.poll() is not None, HANG, "the first Ctrl-C's message", poll=0.005)
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=HANG) == 130, "".join(lines)[-3000:]
     text = "".join(lines)
